@@ -1,0 +1,33 @@
+"""The light client any backend imports: validate identifications and enqueue them into Redis.
+
+Needs only redis and orjson; it never imports Celery.
+"""
+
+from producers.config import QueueConfig
+from producers.errors import (
+    ConfigError,
+    IdentifyQueueError,
+    InvalidRecord,
+    QueueFull,
+    QueueMismatch,
+    StoreError,
+)
+from producers.producer import EnqueueReport, IdentifyProducer
+from producers.record import FIELDS, OPERATIONS, ValidRecord, validate, validate_json
+
+__all__ = [
+    "FIELDS",
+    "OPERATIONS",
+    "ConfigError",
+    "EnqueueReport",
+    "IdentifyProducer",
+    "IdentifyQueueError",
+    "InvalidRecord",
+    "QueueConfig",
+    "QueueFull",
+    "QueueMismatch",
+    "StoreError",
+    "ValidRecord",
+    "validate",
+    "validate_json",
+]

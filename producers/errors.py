@@ -1,0 +1,88 @@
+"""Every exception identify-queue raises, in one tree.
+
+    IdentifyQueueError
+    ├── ConfigError              a setting is missing or malformed (names the variable)
+    ├── InvalidRecord            an identification breaks a rule (names the field path and the rule)
+    ├── QueueFull                accepting more would pass the configured cap on queued records
+    ├── QueueMismatch            Redis holds a queue laid out differently (shard count, format)
+    ├── StoreError               Redis could not be reached or refused a command
+    │   └── LeaseLost            another drainer owns the shard now; stop touching it
+    └── SinkError                the POST to /identify did not produce an HTTP answer
+        ├── SinkTimeout
+        └── SinkConnectionError
+
+It lives in ``producers`` because producers must not import the worker, while the worker imports
+producers; one module both sides share keeps a single hierarchy.  Third-party exceptions (redis-py,
+requests) are translated into these where they enter, so the rest of the code speaks one language.
+"""
+
+from __future__ import annotations
+
+
+class IdentifyQueueError(Exception):
+    """The base of every error identify-queue raises on purpose."""
+
+
+class ConfigError(IdentifyQueueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class InvalidRecord(IdentifyQueueError):
+    """An identification breaks one of Amplitude's rules.
+
+    ``field`` is a path such as ``user_properties.$set.plan`` (empty for the record as a whole),
+    ``rule`` a short stable code such as ``too_long`` that scripts can match on, and ``index``
+    the record's position when it came from a sequence.
+    """
+
+    def __init__(self, field: str, rule: str, message: str, index: int | None = None) -> None:
+        self.field = field
+        self.rule = rule
+        self.detail = message
+        self.index = index
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = f"record {self.index}: " if self.index is not None else ""
+        return f"{where}{self.field or 'identification'}: {self.detail}"
+
+    def at(self, index: int) -> InvalidRecord:
+        """The same error, saying which record of a sequence it was."""
+        return InvalidRecord(self.field, self.rule, self.detail, index)
+
+
+class QueueFull(IdentifyQueueError):
+    """The queue holds its configured maximum; nothing of the refused chunk was enqueued."""
+
+    def __init__(self, queued: int, cap: int, enqueued: int = 0) -> None:
+        self.queued = queued
+        self.cap = cap
+        self.enqueued = enqueued
+        super().__init__(
+            f"queue full: {queued} records queued, cap is {cap} (IDENTIFY_MAX_QUEUED); "
+            f"{enqueued} records of this call were enqueued before it filled"
+        )
+
+
+class QueueMismatch(IdentifyQueueError):
+    """Redis holds a queue whose layout differs from this process's settings."""
+
+
+class StoreError(IdentifyQueueError):
+    """Redis could not be reached, or refused a command."""
+
+
+class LeaseLost(StoreError):
+    """The shard's lease expired and may belong to another drainer: stop and touch nothing."""
+
+
+class SinkError(IdentifyQueueError):
+    """A POST to /identify ended without an HTTP response."""
+
+
+class SinkTimeout(SinkError):
+    """The endpoint did not answer in time; the request may or may not have been applied."""
+
+
+class SinkConnectionError(SinkError):
+    """The endpoint could not be reached."""

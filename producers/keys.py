@@ -1,0 +1,115 @@
+"""Every Redis key identify-queue uses, built here and nowhere else.
+
+All keys start with the namespace (``IDENTIFY_NAMESPACE``, default ``identify``).  A shard's keys
+carry the shard in a hash tag, ``identify:{s7}:queue``, so that they share a Redis Cluster slot.
+
+Global keys
+    meta           HASH   layout of the queue (shard count, entry format); checked by every script
+    total          STRING records accepted and not yet delivered or dead-lettered (the cap's basis)
+    wakeups        ZSET   shard -> time (ms) its drain is due; producers add, the dispatcher pops
+    kick           LIST   at most one element: wakes a dispatcher blocked in BLPOP
+    stats          HASH   counters for `status` (delivered, requests, last error ...)
+    blocked        HASH   set while a configuration error (such as a bad API key) stops sending
+    dlq:entries    HASH   dead-letter id -> entry (JSON)
+    dlq:index      ZSET   dead-letter id -> failed-at time (ms), for listing in order
+    dlq:counts     HASH   reason -> number of dead-letter entries
+    ratelimit:*    STRING GCRA state of the global request and record limits
+    workers        ZSET   worker node name -> last heartbeat (ms)
+    kombu:*        Celery's own keys (its broker queue of drain tasks), under kombu's global prefix
+
+Per shard ``{sN}``
+    queue          LIST   entries waiting, oldest first
+    inflight       LIST   entries a drainer claimed and has not settled; read again first on a crash
+    lease          STRING token of the drainer that owns the shard, with a TTL
+    state          HASH   retry time, recovery count, parked counts
+    parked         ZSET   user -> release time (ms) of a user whose records wait (429 hold, budget)
+    parked:<user>  LIST   that user's waiting entries, in order
+    budget:<slot>  HASH   user -> identifications sent in that ten-minute slot
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    shard: int
+    queue: str
+    inflight: str
+    lease: str
+    state: str
+    parked: str
+    _prefix: str
+
+    def parked_user(self, user_key: str) -> str:
+        return f"{self._prefix}:parked:{user_key}"
+
+    def budget(self, slot: int) -> str:
+        return f"{self._prefix}:budget:{slot}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str
+    meta: str = field(init=False)
+    total: str = field(init=False)
+    wakeups: str = field(init=False)
+    kick: str = field(init=False)
+    stats: str = field(init=False)
+    blocked: str = field(init=False)
+    dlq_entries: str = field(init=False)
+    dlq_index: str = field(init=False)
+    dlq_counts: str = field(init=False)
+    ratelimit_requests: str = field(init=False)
+    ratelimit_records: str = field(init=False)
+    workers: str = field(init=False)
+    import_progress_prefix: str = field(init=False)
+    fingerprints_prefix: str = field(init=False)
+    #: Celery's queue for drain tasks, and the prefix kombu puts before every key it writes.
+    celery_queue: str = field(init=False)
+    kombu_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        ns = self.namespace
+        for name, value in {
+            "meta": f"{ns}:meta",
+            "total": f"{ns}:total",
+            "wakeups": f"{ns}:wakeups",
+            "kick": f"{ns}:kick",
+            "stats": f"{ns}:stats",
+            "blocked": f"{ns}:blocked",
+            "dlq_entries": f"{ns}:dlq:entries",
+            "dlq_index": f"{ns}:dlq:index",
+            "dlq_counts": f"{ns}:dlq:counts",
+            "ratelimit_requests": f"{ns}:ratelimit:requests",
+            "ratelimit_records": f"{ns}:ratelimit:records",
+            "workers": f"{ns}:workers",
+            "import_progress_prefix": f"{ns}:import:",
+            "fingerprints_prefix": f"{ns}:fp:",
+            "celery_queue": "drain",
+            "kombu_prefix": f"{ns}:kombu:",
+        }.items():
+            object.__setattr__(self, name, value)
+
+    def shard(self, shard: int) -> ShardKeys:
+        prefix = f"{self.namespace}:{{s{shard}}}"
+        return ShardKeys(
+            shard=shard,
+            queue=f"{prefix}:queue",
+            inflight=f"{prefix}:inflight",
+            lease=f"{prefix}:lease",
+            state=f"{prefix}:state",
+            parked=f"{prefix}:parked",
+            _prefix=prefix,
+        )
+
+    def import_progress(self, job: str) -> str:
+        return f"{self.import_progress_prefix}{job}"
+
+    def fingerprint(self, user_key: str) -> str:
+        return f"{self.fingerprints_prefix}{user_key}"
+
+    def pattern(self) -> str:
+        """A glob covering every key of this namespace, Celery's included."""
+        return f"{self.namespace}:*"

@@ -1,0 +1,314 @@
+"""The identification record: its fields, Amplitude's rules for it, and its encoding.
+
+``validate(obj)`` either returns a ``ValidRecord`` (the user key it is sharded by, and the exact JSON
+bytes that will be sent) or raises ``InvalidRecord`` naming the field path and the rule.  The rules
+follow the Identify API page and the HTTP V2 rules Amplitude says apply to it (see AMPLITUDE.md):
+
+- ``user_id`` or ``device_id`` is required; ids are strings of at least ``min_id_length``
+  characters (5 by default) and not one of the ids Amplitude refuses ("null", "0", ...);
+- ``user_properties`` holds plain properties or operations, never both; operations are the known
+  ones; a property appears in one operation only; nesting is at most 40 levels;
+- ``groups`` has at most 5 group types and 10 groups in all;
+- every string (keys included) is at most 1,024 characters and valid UTF-8; numbers are finite and
+  fit in 64 bits; only JSON values are allowed; the encoded record is at most ``max_record_bytes``.
+
+The same function serves producers, the HTTP ingest endpoint and the local Amplitude-compatible
+server, so the three cannot disagree.  It is on every producer's hot path: the happy path builds no
+strings, and the field path is assembled only while an error unwinds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from producers.errors import InvalidRecord
+
+ID_FIELDS = ("user_id", "device_id")
+DEVICE_FIELDS = (
+    "app_version", "platform", "os_name", "os_version", "device_brand", "device_manufacturer",
+    "device_model", "carrier", "country", "region", "city", "dma", "language", "paying",
+    "start_version",
+)  # fmt: skip
+FIELDS = (*ID_FIELDS, "user_properties", "groups", *DEVICE_FIELDS)
+_FIELD_SET = frozenset(FIELDS)
+_STRING_FIELDS = frozenset(DEVICE_FIELDS)
+
+#: Operations on user properties.  ``$clearAll`` wipes every property and stands alone.
+OPERATIONS = frozenset(
+    {"$set", "$setOnce", "$add", "$append", "$prepend", "$unset", "$preInsert", "$postInsert", "$remove",
+     "$clearAll"}
+)  # fmt: skip
+
+MAX_STRING = 1024
+MAX_DEPTH = 40
+MAX_GROUP_TYPES = 5
+MAX_GROUPS = 10
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+#: Ids HTTP V2 refuses as placeholders rather than real identities (compared case-insensitively).
+RESERVED_IDS = frozenset(
+    {"anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "<nil>", "(null)",
+     "0", "-1", "00000000-0000-0000-0000-000000000000", "lmy47d", "[]", "{}", "''", '""'}
+)  # fmt: skip
+
+
+class ValidRecord(NamedTuple):
+    """A record that passed every rule: the key it is sharded and ordered by, and its JSON bytes."""
+
+    user_key: str
+    data: bytes
+
+
+def user_key_of(user_id: str | None, device_id: str | None) -> str:
+    """The identity a record is ordered by: its user_id, else its device_id.
+
+    The prefixes keep a user id and a device id that happen to be equal apart.
+    """
+    return f"u:{user_id}" if user_id else f"d:{device_id}"
+
+
+@dataclass
+class _Bad(Exception):
+    """Raised inside the walk; each frame it unwinds through prepends its key to ``parts``."""
+
+    rule: str
+    message: str
+    parts: list[str]
+
+    def push(self, part: str) -> _Bad:
+        self.parts.insert(0, part)
+        return self
+
+
+def _path(parts: list[str]) -> str:
+    out = ""
+    for part in parts:
+        if part.startswith("["):
+            out += part
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def validate(obj: Any, *, min_id_length: int = 5, max_record_bytes: int = 64 * 1024) -> ValidRecord:
+    """Check ``obj`` against Amplitude's rules; return its user key and encoded bytes."""
+    if type(obj) is not dict:
+        raise InvalidRecord("", "not_object", f"must be a JSON object, got {_type_name(obj)}")
+    try:
+        user_key = _check_top(obj, min_id_length)
+    except _Bad as bad:
+        raise InvalidRecord(_path(bad.parts), bad.rule, bad.message) from None
+    data = orjson.dumps(obj)
+    if len(data) > max_record_bytes:
+        raise InvalidRecord("", "too_large", f"encodes to {len(data)} bytes, more than the {max_record_bytes} allowed")
+    return ValidRecord(user_key, data)
+
+
+def validate_json(line: bytes | str, **limits: int) -> ValidRecord:
+    """Parse one JSON document (strict: UTF-8, no NaN) and validate it."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord("", "bad_json", f"not valid JSON: {exc}") from None
+    return validate(obj, **limits)
+
+
+def _check_top(obj: dict[str, Any], min_id_length: int) -> str:
+    for name, value in obj.items():
+        if name in _STRING_FIELDS:
+            if value is not None and (type(value) is not str or len(value) > MAX_STRING or not value.isascii()):
+                if type(value) is not str:
+                    raise _Bad("not_string", f"must be a string, got {_type_name(value)}", [name])
+                _check_string(value, name)
+        elif name not in _FIELD_SET:
+            _unknown_field(str(name))
+    user_id = _check_id(obj, "user_id", min_id_length)
+    device_id = _check_id(obj, "device_id", min_id_length)
+    if user_id is None and device_id is None:
+        raise _Bad("missing_id", "user_id or device_id is required", [])
+    props = obj.get("user_properties")
+    if props is not None:
+        _check_properties(props)
+    groups = obj.get("groups")
+    if groups is not None:
+        _check_groups(groups)
+    return user_key_of(user_id, device_id)
+
+
+def _unknown_field(name: str) -> None:
+    hint = difflib.get_close_matches(name, FIELDS, n=1)
+    tip = f" (did you mean {hint[0]}?)" if hint else f"; known fields: {', '.join(FIELDS)}"
+    raise _Bad("unknown_field", f"unknown field{tip}", [name])
+
+
+def _check_id(obj: dict[str, Any], name: str, min_length: int) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _Bad("not_string", f"must be a string, got {_type_name(value)}", [name])
+    if len(value) < min_length:
+        raise _Bad("too_short", f"must be at least {min_length} characters, got {len(value)}", [name])
+    _check_string(value, name)
+    if value.lower() in RESERVED_IDS:
+        raise _Bad("reserved_id", f"{value!r} is a placeholder Amplitude refuses as an id", [name])
+    return value
+
+
+def _check_string(value: str, name: str | None) -> None:
+    """Length and UTF-8; ``name`` is the path part to report, None when the caller adds it."""
+    parts = [] if name is None else [name]
+    if len(value) > MAX_STRING:
+        raise _Bad("too_long", f"longer than {MAX_STRING} characters ({len(value)})", parts)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Bad("bad_utf8", "not valid UTF-8 (lone surrogate)", parts) from None
+
+
+def _check_properties(props: Any) -> None:
+    if type(props) is not dict:
+        raise _Bad("not_object", f"must be an object, got {_type_name(props)}", ["user_properties"])
+    try:
+        first = next(iter(props), "")
+        if type(first) is str and first.startswith("$"):
+            _check_operations(props)
+        else:
+            _check_object(props, 1)
+            for key in props:
+                if key.startswith("$"):
+                    raise _Bad(
+                        "mixed_operations",
+                        "plain properties cannot be mixed with operations; put them under $set",
+                        [key],
+                    )
+    except _Bad as bad:
+        raise bad.push("user_properties") from None
+
+
+def _check_operations(props: dict[Any, Any]) -> None:
+    seen: dict[str, str] = {}
+    for op, body in props.items():
+        if op not in OPERATIONS:
+            if type(op) is str and op.startswith("$"):
+                raise _Bad("unknown_operation", f"unknown operation; known: {', '.join(sorted(OPERATIONS))}", [op])
+            raise _Bad(
+                "mixed_operations",
+                "plain properties cannot be mixed with operations; put them under $set",
+                [str(op)],
+            )
+        if op == "$clearAll":
+            if len(props) > 1:
+                raise _Bad("clear_all_not_alone", "$clearAll cannot be combined with other operations", [op])
+            continue
+        if type(body) is not dict:
+            raise _Bad("not_object", f"must be an object of property -> value, got {_type_name(body)}", [op])
+        try:
+            _check_object(body, 2)
+        except _Bad as bad:
+            raise bad.push(op) from None
+        for name, value in body.items():
+            if name in seen:
+                raise _Bad(
+                    "duplicate_property",
+                    f"property also appears under {seen[name]}; one operation per property",
+                    [op, name],
+                )
+            seen[name] = op
+            if op == "$add" and (type(value) not in (int, float)):
+                raise _Bad("not_number", f"$add needs a number, got {_type_name(value)}", [op, name])
+
+
+def _check_object(obj: dict[Any, Any], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise _Bad("too_deep", f"nested deeper than {MAX_DEPTH} levels", [])
+    for key, value in obj.items():
+        # The common case (a short ASCII key, a scalar value) is checked inline: a function call per
+        # value would double what validation costs a producer.
+        if type(key) is not str or not key or len(key) > MAX_STRING or not key.isascii():
+            _check_key(key)
+        t = type(value)
+        if t is str:
+            if len(value) <= MAX_STRING and value.isascii():
+                continue
+        elif t is int:
+            if _INT_MIN <= value <= _INT_MAX:
+                continue
+        elif t is bool or value is None:
+            continue
+        try:
+            _check_value(value, depth)
+        except _Bad as bad:
+            raise bad.push(key) from None
+
+
+def _check_key(key: Any) -> None:
+    if type(key) is not str:
+        raise _Bad("bad_key", f"property names must be strings, got {_type_name(key)}", [str(key)])
+    if not key:
+        raise _Bad("empty_key", "property names must not be empty", ['""'])
+    _check_string(key, key)
+
+
+def _check_value(value: Any, depth: int) -> None:
+    t = type(value)
+    if t is str:
+        _check_string(value, None)
+    elif t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _Bad("out_of_range", "integer does not fit in 64 bits", [])
+    elif t is float:
+        if not math.isfinite(value):
+            raise _Bad("not_finite", "NaN and Infinity are not JSON numbers", [])
+    elif t is dict:
+        _check_object(value, depth + 1)
+    elif t is list:
+        if depth + 1 > MAX_DEPTH:
+            raise _Bad("too_deep", f"nested deeper than {MAX_DEPTH} levels", [])
+        for i, item in enumerate(value):
+            try:
+                _check_value(item, depth + 1)
+            except _Bad as bad:
+                raise bad.push(f"[{i}]") from None
+    elif not (t is bool or value is None):
+        raise _Bad("not_json", f"not a JSON value ({_type_name(value)})", [])
+
+
+def _check_groups(groups: Any) -> None:
+    if type(groups) is not dict:
+        raise _Bad("not_object", f"must be an object of group type -> name(s), got {_type_name(groups)}", ["groups"])
+    if len(groups) > MAX_GROUP_TYPES:
+        raise _Bad("too_many_group_types", f"{len(groups)} group types, at most {MAX_GROUP_TYPES}", ["groups"])
+    total = 0
+    for kind, names in groups.items():
+        path = ["groups", str(kind)]
+        if type(kind) is not str or not kind:
+            raise _Bad("bad_key", "group types must be non-empty strings", path)
+        items = names if type(names) is list else [names]
+        try:
+            _check_string(kind, None)
+            for i, name in enumerate(items):
+                if type(name) is not str:
+                    where = [f"[{i}]"] if type(names) is list else []
+                    raise _Bad("not_string", f"group names must be strings, got {_type_name(name)}", where)
+                _check_string(name, None)
+        except _Bad as bad:
+            raise _Bad(bad.rule, bad.message, path + bad.parts) from None
+        total += len(items)
+    if total > MAX_GROUPS:
+        raise _Bad("too_many_groups", f"{total} groups, at most {MAX_GROUPS} in all", ["groups"])
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"
+    }.get(type(value), type(value).__name__)  # fmt: skip

@@ -1,0 +1,114 @@
+"""The Celery app: one task that drains a shard, and the dispatcher that sends it.
+
+Celery carries only wake-ups here (``drain(shard)``, JSON, no result written); the records
+themselves stay in the shard lists, so a lost task message loses nothing: the dispatcher's sweep
+sends another.  That is why tasks are acknowledged early and results are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init
+
+from producers.keys import Keys
+from producers.redis_conn import connect
+from worker.dispatcher import Dispatcher
+from worker.drain import Drainer
+from worker.settings import Settings
+from worker.shard_store import ShardStore
+from worker.sink import HttpSink
+
+log = logging.getLogger("identify_queue.worker")
+
+TASK_NAME = "identify_queue.drain"
+
+# One drainer per worker process, made after the fork: a Redis client and an HTTP session must not
+# be shared between processes.
+_process: dict[str, Drainer] = {}
+
+
+@worker_process_init.connect
+def _forget_parent_connections(**_: Any) -> None:
+    _process.clear()
+
+
+def process_drainer(settings: Settings) -> Drainer:
+    drainer = _process.get("drainer")
+    if drainer is None:
+        client = connect(settings.queue.redis_url)
+        sink = HttpSink(
+            settings.identify_url,
+            settings.require_api_key(),
+            connect_timeout_s=settings.connect_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        store = ShardStore(client, Keys(settings.queue.namespace), settings.lease_ttl_s)
+        drainer = _process["drainer"] = Drainer(settings, store, sink)
+    return drainer
+
+
+def broker_url(redis_url: str) -> str:
+    """kombu spells a Unix socket ``redis+socket://``; redis-py spells it ``unix://``."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url.removeprefix("unix://")
+    return redis_url
+
+
+def create_app(settings: Settings) -> Celery:
+    keys = Keys(settings.queue.namespace)
+    app = Celery("identify_queue", broker=broker_url(settings.queue.redis_url), set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],  # never pickle: a message must not be able to run code
+        result_backend=None,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_default_queue=keys.celery_queue,
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"global_keyprefix": keys.kombu_prefix},
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+
+    @app.task(name=TASK_NAME, ignore_result=True)
+    def drain(shard: int) -> None:
+        process_drainer(settings).drain(int(shard))
+
+    def send(shard: int) -> None:
+        drain.apply_async((shard,), queue=keys.celery_queue)
+
+    class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Runs the dispatcher thread in the worker's main process, beside the pool."""
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.dispatcher: Dispatcher | None = None
+
+        def start(self, parent: Any) -> None:
+            self.dispatcher = Dispatcher(
+                connect(settings.queue.redis_url),
+                keys,
+                settings.queue.shards,
+                send,
+                sweep_interval_s=min(5.0, settings.lease_ttl_s / 2),
+                task_grace_s=settings.lease_ttl_s,
+                node=getattr(parent, "hostname", None),
+            )
+            self.dispatcher.start()
+            log.info(
+                "dispatching %d shards of namespace %r to %s",
+                settings.queue.shards, settings.queue.namespace, settings.identify_url,
+            )  # fmt: skip
+
+        def stop(self, parent: Any) -> None:
+            if self.dispatcher is not None:
+                self.dispatcher.stop()
+
+    app.steps["worker"].add(DispatcherStep)
+    return app

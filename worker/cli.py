@@ -1,0 +1,323 @@
+"""The ``identify-queue`` command.
+
+Exit codes, stable for scripts:
+    0  success
+    1  some input was rejected (each rejection is reported on stderr)
+    2  usage or configuration error (the message names the flag or variable)
+    3  the queue is full (IDENTIFY_MAX_QUEUED)
+    4  Redis is unreachable or refused a command
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from producers.config import QueueConfig
+from producers.errors import ConfigError, InvalidRecord, QueueFull, QueueMismatch, StoreError
+from producers.importer import import_jsonl
+from producers.keys import Keys
+from producers.producer import IdentifyProducer
+from producers.record import DEVICE_FIELDS
+from producers.redis_conn import connect
+
+EXIT_REJECTED, EXIT_CONFIG, EXIT_FULL, EXIT_STORE = 1, 2, 3, 4
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENVIRONMENT_HELP = """
+\b
+Configuration comes from the environment (see README, "Configuration"):
+  REDIS_URL                 redis://127.0.0.1:6379/0
+  AMPLITUDE_API_KEY         the project's API key (the worker needs it)
+  AMPLITUDE_IDENTIFY_URL    https://api2.amplitude.com/identify (AMPLITUDE_REGION=eu: the EU one)
+  IDENTIFY_NAMESPACE        identify      prefix of every Redis key
+  IDENTIFY_SHARDS           16            partitions by user (same value everywhere)
+  IDENTIFY_BATCH_SIZE       1000          records per request (at most 2000)
+  IDENTIFY_BATCH_MAX_BYTES  950000        bytes per request body (at most 1000000)
+  IDENTIFY_BATCH_LINGER_MS  200           wait for more records before a partial batch
+  IDENTIFY_MAX_QUEUED       10000000      producers get "queue full" past it
+"""
+
+
+def _friendly_errors(func: F) -> F:
+    """Turn our errors into one line on stderr and a documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, QueueMismatch) as exc:
+            click.echo(f"identify-queue: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except QueueFull as exc:
+            click.echo(f"identify-queue: {exc}", err=True)
+            sys.exit(EXIT_FULL)
+        except StoreError as exc:
+            click.echo(f"identify-queue: {exc}", err=True)
+            sys.exit(EXIT_STORE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=ENVIRONMENT_HELP
+)
+@click.version_option(package_name="identify-queue")
+def main() -> None:
+    """Deliver user-property updates to Amplitude's Identify API: durable, ordered per user,
+    within Amplitude's limits.
+
+    Producers validate and enqueue identifications into Redis (`enqueue`, `import`, the Python
+    API); workers (`worker`) drain them in batches to POST /identify; `status` shows where
+    everything is.
+    """
+
+
+# -- worker -----------------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes (default: IDENTIFY_WORKER_CONCURRENCY, else the CPU count).",
+)
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+    help="Celery pool: processes use every core; threads suit a slow, distant endpoint.",
+)
+@click.option("-n", "--name", default=None, help="Node name, unique per machine (default: identify@HOSTNAME).")
+@click.option("-E", "--events", is_flag=True, help="Send task events, for Flower.")
+@_friendly_errors
+def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -> None:
+    """Drain the queue to Amplitude until SIGTERM.
+
+    Runs a Celery worker (JSON messages only) and, in its main process, the dispatcher that sends
+    it a drain task whenever a shard has records. No beat process is needed. SIGTERM finishes the
+    batch in flight and stops; records claimed and not acknowledged are read again first by the
+    next drainer, so nothing is lost.
+    """
+    from worker.celery_app import create_app
+    from worker.preflight import check_redis
+    from worker.settings import Settings
+
+    settings = Settings.from_env()
+    settings.require_api_key()
+    if concurrency:
+        settings = settings.with_changes(concurrency=concurrency)
+    client = connect(settings.queue.redis_url)
+    check_redis(client, settings)
+    client.close()
+    app = create_app(settings)
+    node = name or f"identify@{socket.gethostname()}"
+    if "@" not in node:
+        node = f"{node}@{socket.gethostname()}"
+    argv = [
+        "worker", "--queues", Keys(settings.queue.namespace).celery_queue, "--concurrency", str(settings.concurrency),
+        "--pool", pool, "--loglevel", settings.log_level, "--hostname", node,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    if events:
+        argv.append("--task-events")
+    app.worker_main(argv)
+
+
+# -- producers --------------------------------------------------------------------------------------
+def _parse_pairs(pairs: tuple[str, ...], flag: str, *, numeric: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint=flag)
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = raw
+        if numeric and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise click.BadParameter(f"{name}: expected a number, got {raw!r}", param_hint=flag)
+        out[name] = value
+    return out
+
+
+@main.command()
+@click.option("--user-id", help="The user's id (user_id or device_id is required).")
+@click.option("--device-id", help="The device's id.")
+@click.option(
+    "--set",
+    "set_",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="$set a property (VALUE is JSON if it parses, else text).",
+)
+@click.option("--set-once", multiple=True, metavar="NAME=VALUE", help="$setOnce a property.")
+@click.option("--add", multiple=True, metavar="NAME=NUMBER", help="$add to a numeric property.")
+@click.option("--append", multiple=True, metavar="NAME=VALUE", help="$append to a list property.")
+@click.option("--prepend", multiple=True, metavar="NAME=VALUE", help="$prepend to a list property.")
+@click.option("--unset", multiple=True, metavar="NAME", help="$unset a property.")
+@click.option("--field", multiple=True, metavar="NAME=VALUE", help=f"A top-level field: {', '.join(DEVICE_FIELDS)}.")
+@click.option(
+    "--json",
+    "json_text",
+    metavar="JSON|-",
+    help="The whole identification as JSON ('-' reads stdin); flags are merged over it.",
+)
+@_friendly_errors
+def enqueue(user_id: str | None, device_id: str | None, set_: tuple[str, ...], set_once: tuple[str, ...],
+            add: tuple[str, ...], append: tuple[str, ...], prepend: tuple[str, ...], unset: tuple[str, ...],
+            field: tuple[str, ...], json_text: str | None) -> None:  # fmt: skip
+    """Validate and enqueue one identification.
+
+    \b
+    Examples:
+      identify-queue enqueue --user-id user-42 --set plan=pro --add logins=1
+      identify-queue enqueue --json '{"user_id": "user-42", "user_properties": {"plan": "pro"}}'
+    """
+    record: dict[str, Any] = {}
+    if json_text is not None:
+        text = sys.stdin.read() if json_text == "-" else json_text
+        try:
+            loaded = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--json")
+        record = loaded
+    if user_id:
+        record["user_id"] = user_id
+    if device_id:
+        record["device_id"] = device_id
+    record.update(_parse_pairs(field, "--field"))
+    ops: dict[str, Any] = dict(record.get("user_properties") or {})
+    for op, values in (
+        ("$set", _parse_pairs(set_, "--set")), ("$setOnce", _parse_pairs(set_once, "--set-once")),
+        ("$add", _parse_pairs(add, "--add", numeric=True)), ("$append", _parse_pairs(append, "--append")),
+        ("$prepend", _parse_pairs(prepend, "--prepend")), ("$unset", {name: "-" for name in unset}),
+    ):  # fmt: skip
+        if values:
+            ops.setdefault(op, {}).update(values)
+    if ops:
+        record["user_properties"] = ops
+    with IdentifyProducer.from_env() as producer:
+        try:
+            producer.identify(record)
+        except InvalidRecord as exc:
+            click.echo(f"rejected: {exc}", err=True)
+            sys.exit(EXIT_REJECTED)
+    click.echo("enqueued 1 identification")
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 10_000),
+    default=1000,
+    show_default=True,
+    help="Records per Redis round trip.",
+)
+@_friendly_errors
+def import_(path: str, chunk_size: int) -> None:
+    """Enqueue identifications from a JSON Lines file (one identification per line; '-' is stdin).
+
+    Valid lines are enqueued; each rejected line is reported on stderr with its line number and
+    reason, and the exit code is 1 if any line was rejected.
+    """
+
+    def reject(number: int, error: InvalidRecord) -> None:
+        click.echo(f"line {number}: {error}", err=True)
+
+    with IdentifyProducer.from_env() as producer:
+        if path == "-":
+            report = import_jsonl(sys.stdin.buffer, producer, on_reject=reject, chunk_size=chunk_size)
+        else:
+            try:
+                stream = open(path, "rb")  # noqa: SIM115
+            except OSError as exc:
+                raise click.BadParameter(str(exc), param_hint="PATH") from None
+            with stream:
+                report = import_jsonl(stream, producer, on_reject=reject, chunk_size=chunk_size)
+    click.echo(f"{report.enqueued} enqueued, {report.rejected} rejected, {report.lines} lines read")
+    if report.rejected:
+        sys.exit(EXIT_REJECTED)
+
+
+# -- operators --------------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object (stable fields: queued, in_flight, held, deferred, dead_letter, ...).",
+)
+@_friendly_errors
+def status(as_json: bool) -> None:
+    """Show what is queued, in flight, held, deferred, dead-lettered, and why."""
+    from worker.status import gather, render
+
+    config = QueueConfig.from_env()
+    client = connect(config.redis_url)
+    result = gather(client, Keys(config.namespace), config.shards)
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render(result))
+
+
+# -- local stack ------------------------------------------------------------------------------------
+@main.command("local-amplitude")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8089, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--api-key-env",
+    metavar="VAR",
+    default=None,
+    help="Accept only the API key held in this environment variable (default: any key).",
+)
+def local_amplitude(host: str, port: int, api_key_env: str | None) -> None:
+    """Run a local Amplitude-compatible /identify endpoint (for the demo and tests)."""
+    from worker.local_amplitude import serve
+
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+
+    def ready(bound: int) -> None:
+        click.echo(f"listening on http://{host}:{bound}", nl=True)
+        sys.stdout.flush()
+
+    serve(host, port, api_key or None, ready=ready)
+
+
+@main.command()
+@click.option(
+    "--users",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Users to update (default 2000 locally, 3 against Amplitude).",
+)
+@click.option("--updates", type=click.IntRange(1, 1000), default=10, show_default=True, help="Updates per user.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes.")
+@_friendly_errors
+def demo(users: int | None, updates: int, concurrency: int) -> None:
+    """Run the whole job end to end and show what was delivered.
+
+    Starts a private Redis unless REDIS_URL is set, and the local Amplitude-compatible server
+    unless AMPLITUDE_API_KEY is set; enqueues USERS x UPDATES identifications, runs a worker until
+    everything is delivered, then checks each user's order and prints a summary.
+    """
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(users=users, updates=updates, concurrency=concurrency))
+
+
+if __name__ == "__main__":
+    main()

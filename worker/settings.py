@@ -1,0 +1,122 @@
+"""The worker's settings, read once from the environment into a frozen object.
+
+Each default is written beside its field with the reason for it.  ``Settings.from_env()`` raises
+ConfigError naming the variable when a value is malformed, so a bad deployment fails at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from producers.config import QueueConfig, env_choice, env_float, env_int, env_str
+from producers.errors import ConfigError
+
+US_IDENTIFY_URL = "https://api2.amplitude.com/identify"
+EU_IDENTIFY_URL = "https://api.eu.amplitude.com/identify"
+#: HTTP V2 refuses requests of 2,000 items or more (413).
+MAX_BATCH_SIZE = 2000
+#: HTTP V2 refuses request bodies of 1 MB or more (413).
+MAX_REQUEST_BYTES = 1_000_000
+
+
+class Secret:
+    """A value that must never be printed: its repr and str are masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    api_key: Secret | None = None
+    identify_url: str = US_IDENTIFY_URL
+    #: Records per request.  Amplitude takes fewer than 2,000; 1,000 leaves room for splitting.
+    batch_size: int = 1000
+    #: Bytes per request body (form-encoded).  Under Amplitude's 1 MB with room for the API key.
+    batch_max_bytes: int = 950_000
+    #: How long an idle shard waits for more records before sending a partial batch.
+    linger_ms: int = 200
+    #: A drainer's claim on a shard; renewed before every request, so it must exceed one request.
+    lease_ttl_s: float = 60.0
+    #: How long one drain task keeps a busy shard before yielding the worker to other shards.
+    drain_slice_s: float = 2.0
+    connect_timeout_s: float = 5.0
+    #: Per read from the socket; a request that hangs longer counts as a timeout (retryable).
+    request_timeout_s: float = 30.0
+    #: Celery worker processes on this machine.
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Plain text for people, or one JSON object per line for log pipelines.
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.queue.max_record_bytes >= self.batch_max_bytes:
+            raise ConfigError(
+                f"IDENTIFY_MAX_RECORD_BYTES ({self.queue.max_record_bytes}) must be smaller than "
+                f"IDENTIFY_BATCH_MAX_BYTES ({self.batch_max_bytes}): every record must fit in a request"
+            )
+        if self.lease_ttl_s < self.request_timeout_s + self.connect_timeout_s:
+            raise ConfigError(
+                f"IDENTIFY_LEASE_TTL_S ({self.lease_ttl_s:g}) must exceed IDENTIFY_HTTP_TIMEOUT_S plus "
+                f"IDENTIFY_HTTP_CONNECT_TIMEOUT_S ({self.request_timeout_s + self.connect_timeout_s:g}): "
+                "a shard's lease must outlive the request its owner is waiting on"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        key = env.get("AMPLITUDE_API_KEY", "").strip()
+        return cls(
+            queue=QueueConfig.from_env(env),
+            api_key=Secret(key) if key else None,
+            identify_url=_identify_url(env),
+            batch_size=env_int(env, "IDENTIFY_BATCH_SIZE", cls.batch_size, 1, MAX_BATCH_SIZE),
+            batch_max_bytes=env_int(env, "IDENTIFY_BATCH_MAX_BYTES", cls.batch_max_bytes, 10_000, MAX_REQUEST_BYTES),
+            linger_ms=env_int(env, "IDENTIFY_BATCH_LINGER_MS", cls.linger_ms, 0, 60_000),
+            lease_ttl_s=env_float(env, "IDENTIFY_LEASE_TTL_S", cls.lease_ttl_s, 1.0, 3600.0),
+            drain_slice_s=env_float(env, "IDENTIFY_DRAIN_SLICE_S", cls.drain_slice_s, 0.05, 600.0),
+            connect_timeout_s=env_float(env, "IDENTIFY_HTTP_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1, 120.0),
+            request_timeout_s=env_float(env, "IDENTIFY_HTTP_TIMEOUT_S", cls.request_timeout_s, 0.1, 600.0),
+            concurrency=env_int(env, "IDENTIFY_WORKER_CONCURRENCY", os.cpu_count() or 1, 1, 256),
+            log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", cls.log_format, ("text", "json")),
+            log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+        )
+
+    def require_api_key(self) -> Secret:
+        if self.api_key is None:
+            raise ConfigError(
+                f"AMPLITUDE_API_KEY is not set: the worker needs the project's API key to send to {self.identify_url}"
+            )
+        return self.api_key
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _identify_url(env: Mapping[str, str]) -> str:
+    region = env_choice(env, "AMPLITUDE_REGION", "us", ("us", "eu"))
+    default = EU_IDENTIFY_URL if region == "eu" else US_IDENTIFY_URL
+    url = env_str(env, "AMPLITUDE_IDENTIFY_URL", default)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"AMPLITUDE_IDENTIFY_URL must be an http:// or https:// URL, got {url!r}")
+    return url

@@ -1,0 +1,111 @@
+"""What is queued, in flight, held, failing and why: read from Redis in one pipeline.
+
+The JSON form is a stable interface (``identify-queue status --json``); fields are only added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from producers.keys import Keys
+from producers.redis_conn import store_errors
+
+#: A worker whose dispatcher has not written a heartbeat for this long is shown as gone.
+WORKER_STALE_S = 30
+
+
+def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
+    with store_errors("read status"):
+        pipe = client.pipeline(transaction=False)
+        for s in range(shards):
+            k = keys.shard(s)
+            pipe.llen(k.queue)
+            pipe.llen(k.inflight)
+            pipe.hgetall(k.state)
+            pipe.exists(k.lease)
+        pipe.get(keys.total)
+        pipe.hlen(keys.dlq_entries)
+        pipe.hgetall(keys.dlq_counts)
+        pipe.hgetall(keys.stats)
+        pipe.hgetall(keys.blocked)
+        pipe.zrange(keys.workers, 0, -1, withscores=True)
+        pipe.time()
+        replies = pipe.execute()
+    per_shard = []
+    for s in range(shards):
+        queued, in_flight, state, leased = replies[4 * s : 4 * s + 4]
+        state = _text_map(state)
+        per_shard.append({
+            "shard": s,
+            "queued": int(queued),
+            "in_flight": int(in_flight),
+            "held": int(state.get("parked_held", 0)),
+            "deferred": int(state.get("parked_deferred", 0)),
+            "draining": bool(leased),
+            "retry_at_ms": int(state["retry_at"]) if "retry_at" in state else None,
+        })  # fmt: skip
+    total, dlq_len, dlq_counts, stats, blocked, workers, (sec, usec) = replies[4 * shards :]
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    stats = _text_map(stats)
+    return {
+        "queued": sum(p["queued"] for p in per_shard),
+        "in_flight": sum(p["in_flight"] for p in per_shard),
+        "held": sum(p["held"] for p in per_shard),
+        "deferred": sum(p["deferred"] for p in per_shard),
+        "dead_letter": int(dlq_len),
+        "dead_letter_by_reason": {k: int(v) for k, v in _text_map(dlq_counts).items()},
+        "accepted_not_done": int(total or 0),
+        "delivered": int(stats.get("delivered", 0)),
+        "requests": int(stats.get("requests", 0)),
+        "last_delivery_ms": int(stats["last_delivery_ms"]) if "last_delivery_ms" in stats else None,
+        "last_error": stats.get("last_error"),
+        "blocked": _text_map(blocked) or None,
+        "workers": [
+            {"name": name.decode(), "last_seen_s": round((now_ms - score) / 1000, 1)}
+            for name, score in workers
+            if now_ms - score < WORKER_STALE_S * 1000
+        ],
+        "shards": per_shard,
+        "time_ms": now_ms,
+    }
+
+
+def _text_map(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as a table for people."""
+    lines = [
+        f"{'queued':<14}{status['queued']:>12,}",
+        f"{'in flight':<14}{status['in_flight']:>12,}",
+        f"{'held':<14}{status['held']:>12,}   (users paused after a 429)",
+        f"{'deferred':<14}{status['deferred']:>12,}   (users past their hourly budget)",
+        f"{'dead letter':<14}{status['dead_letter']:>12,}",
+        f"{'delivered':<14}{status['delivered']:>12,}   in {status['requests']:,} requests",
+    ]
+    for reason, count in sorted(status["dead_letter_by_reason"].items()):
+        lines.append(f"  {reason:<12}{count:>12,}")
+    if status["last_delivery_ms"]:
+        ago = (status["time_ms"] - status["last_delivery_ms"]) / 1000
+        lines.append(f"{'last delivery':<14}{ago:>11.1f}s ago")
+    if status["blocked"]:
+        lines.append(f"BLOCKED: {status['blocked'].get('reason', '?')} (since {status['blocked'].get('since', '?')})")
+    if status["last_error"]:
+        lines.append(f"{'last error':<14}{status['last_error']}")
+    workers = ", ".join(w["name"] for w in status["workers"]) or "none seen in the last 30 s"
+    lines.append(f"{'workers':<14}{workers}")
+    busy = [p for p in status["shards"] if p["queued"] or p["in_flight"] or p["held"] or p["deferred"]]
+    if busy:
+        lines.append("")
+        lines.append(f"{'shard':>5} {'queued':>10} {'in flight':>10} {'held':>8} {'deferred':>9}  state")
+        for p in busy:
+            state = "draining" if p["draining"] else ""
+            if p["retry_at_ms"] and p["retry_at_ms"] > status["time_ms"]:
+                state = f"retry in {(p['retry_at_ms'] - status['time_ms']) / 1000:.1f}s"
+            lines.append(
+                f"{p['shard']:>5} {p['queued']:>10,} {p['in_flight']:>10,} {p['held']:>8,} {p['deferred']:>9,}  {state}"
+            )
+    return "\n".join(lines)
