@@ -8,10 +8,12 @@ sends another.  That is why tasks are acknowledged early and results are ignored
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, worker_process_init
 
 from producers.keys import Keys
 from producers.redis_conn import connect
@@ -28,16 +30,42 @@ TASK_NAME = "identify_queue.drain"
 # One drainer per worker process, made after the fork: a Redis client and an HTTP session must not
 # be shared between processes.
 _process: dict[str, Drainer] = {}
+#: Set when a pool process is asked to stop: it finishes the request in flight, settles it, and
+#: drains no further.
+_stopping = threading.Event()
+_process_is_pool_child = threading.Event()
 
 
 @worker_process_init.connect
-def _forget_parent_connections(**_: Any) -> None:
+def _init_pool_process(**_: Any) -> None:
     _process.clear()
+    _stopping.clear()
+    _process_is_pool_child.set()
+
+
+def _finish_batch_on_sigterm() -> None:
+    # systemd (KillMode=control-group) and `kill -TERM -PGID` signal the pool processes as well as
+    # the main one.  Celery's default would end a pool process mid-request, and its batch would be
+    # sent twice.  Instead it finishes its batch and drains no further; the main process's warm
+    # shutdown ends it afterwards.  Installed at the first task, because billiard resets a pool
+    # process's handlers after worker_process_init; and only in pool processes, where the main
+    # process's own warm-shutdown handler is not at stake.
+    signal.signal(signal.SIGTERM, lambda *_: _stopping.set())
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(**_: Any) -> None:
+    # Celery logs every task received and succeeded at INFO; with a task per shard drain that is
+    # noise.  Failures are still logged at ERROR.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def process_drainer(settings: Settings) -> Drainer:
     drainer = _process.get("drainer")
     if drainer is None:
+        if _process_is_pool_child.is_set():
+            _finish_batch_on_sigterm()
         client = connect(settings.queue.redis_url)
         sink = HttpSink(
             settings.identify_url,
@@ -46,7 +74,7 @@ def process_drainer(settings: Settings) -> Drainer:
             request_timeout_s=settings.request_timeout_s,
         )
         store = ShardStore(client, Keys(settings.queue.namespace), settings.lease_ttl_s)
-        drainer = _process["drainer"] = Drainer(settings, store, sink)
+        drainer = _process["drainer"] = Drainer(settings, store, sink, should_stop=_stopping.is_set)
     return drainer
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from producers import entry
@@ -40,10 +41,13 @@ class Item:
 
 
 class Drainer:
-    def __init__(self, settings: Settings, store: ShardStore, sink: HttpSink) -> None:
+    def __init__(
+        self, settings: Settings, store: ShardStore, sink: HttpSink, should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self.settings = settings
         self.store = store
         self.sink = sink
+        self._should_stop = should_stop
         # The body overhead besides the records: `api_key=...&identification=`.
         self._overhead = len(sink.body(b""))
 
@@ -54,7 +58,7 @@ class Drainer:
         retry_in_ms = 0
         try:
             deadline = time.monotonic() + self.settings.drain_slice_s
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self._should_stop():
                 claim = self.store.claim(shard, token, self.settings.batch_size)
                 if not claim.entries:
                     break
@@ -69,15 +73,15 @@ class Drainer:
     def _process(self, shard: int, token: str, claim: Claim) -> int:
         """Send everything claimed, in order; return a delay (ms) if the shard must wait to retry."""
         pending = [Item(e.data, [e]) for e in self._decode(claim.entries)]
-        while pending:
+        while pending and not self._should_stop():
             n = self._next_batch(pending)
             batch, rest = pending[:n], pending[n:]
             outcome = self._send(shard, token, batch)
             if outcome.verdict is Verdict.ACCEPTED:
+                delivered = sum(len(i.entries) for i in batch)
                 self.store.settle(
-                    shard, token,
-                    Settlement(delivered=sum(len(i.entries) for i in batch), requests=1, keep=_raw(rest)),
-                )  # fmt: skip
+                    shard, token, Settlement(delivered=delivered, requests=1, keep=_raw(rest), kept_on_purpose=True)
+                )
                 pending = rest
                 continue
             return self._retry_later(shard, token, batch, rest, outcome)

@@ -13,7 +13,7 @@ It can be told to misbehave, so the worker's remedies can be tested against real
                       "name_invalid": false, "throttle_users": {"u2": 3.0}, "name_throttled": true,
                       "seed": 7}
     POST /_reset     forget everything (state, log, faults)
-    GET  /_stats     counts, statuses, accepted records
+    GET  /_stats     counts, statuses, accepted records, requests in progress
     GET  /_accepted?since=N&limit=M   accepted identifications (JSON Lines), in arrival order
     GET  /_requests  one line per request: time, status, records, bytes
     GET  /_users/ID  the user's properties as Amplitude would hold them
@@ -77,6 +77,7 @@ class LocalAmplitude:
         self.users: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[float, int, int, int]] = []
         self.statuses: Counter[int] = Counter()
+        self.in_progress = 0
         self.started = time.time()
 
     # -- WSGI ---------------------------------------------------------------------------------
@@ -120,9 +121,20 @@ class LocalAmplitude:
     def identify(self, raw: bytes, content_type: str) -> tuple[int, bytes]:
         received = time.monotonic()
         with self._lock:
-            faults = self.faults
-            while faults.hang and faults is self.faults:
+            self.in_progress += 1
+        try:
+            return self._identify(raw, content_type, received)
+        finally:
+            with self._lock:
+                self.in_progress -= 1
+
+    def _identify(self, raw: bytes, content_type: str, received: float) -> tuple[int, bytes]:
+        with self._lock:
+            # A held request is answered by whatever faults are set when it is let go, so a test
+            # can hold requests, kill their client, and then fail them (not applied) with a 503.
+            while self.faults.hang:
                 self._unhang.wait(0.5)
+            faults = self.faults
             forced = faults.statuses.pop(0) if faults.statuses else None
             failed = forced is None and faults.fail_rate > 0 and faults.random.random() < faults.fail_rate
         if faults.delay_s:
@@ -222,6 +234,7 @@ class LocalAmplitude:
             return {
                 "accepted": len(self.accepted),
                 "requests": len(self.requests),
+                "in_progress": self.in_progress,
                 "statuses": {str(k): v for k, v in self.statuses.items()},
                 "users": len(self.users),
                 "max_request_bytes": max((r[3] for r in self.requests), default=0),

@@ -78,6 +78,8 @@ class LocalRedis:
             else:
                 self.process.terminate()
             self.process.wait(10)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
         self.process = None
 
     def cleanup(self) -> None:

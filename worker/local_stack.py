@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +21,16 @@ import orjson
 import requests
 
 COMMAND = [sys.executable, "-m", "worker.cli"]
+
+
+@contextlib.contextmanager
+def _log_target(path: Path | None) -> Iterator[IO[bytes] | int]:
+    """A file to append a child's output to (closed here once the child has its own copy)."""
+    if path is None:
+        yield subprocess.DEVNULL
+    else:
+        with open(path, "ab") as f:
+            yield f
 
 
 class LocalAmplitudeProcess:
@@ -45,8 +55,8 @@ class LocalAmplitudeProcess:
         if self.api_key:
             args += ["--api-key-env", "LOCAL_AMPLITUDE_API_KEY"]
         env = {**os.environ, "LOCAL_AMPLITUDE_API_KEY": self.api_key or ""}
-        stderr: IO[bytes] | int = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env)
+        with _log_target(self.log_path) as stderr:
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env)
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout_s
         line = self.process.stdout.readline().decode()
@@ -66,6 +76,8 @@ class LocalAmplitudeProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             self.process.wait(10)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
         self.process = None
 
     # The control and inspection endpoints (see worker/local_amplitude.py).
@@ -115,10 +127,10 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         args = [*COMMAND, "worker", "--concurrency", str(self.concurrency), "--pool", self.pool,
                 "--name", self.name]  # fmt: skip
-        out: IO[bytes] | int = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with _log_target(self.log_path) as out:
+            self.process = subprocess.Popen(
+                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     @property
