@@ -14,7 +14,8 @@ follow the Identify API page and the HTTP V2 rules Amplitude says apply to it (s
 
 The same function serves producers, the HTTP ingest endpoint and the local Amplitude-compatible
 server, so the three cannot disagree.  It is on every producer's hot path: the happy path builds no
-strings, and the field path is assembled only while an error unwinds.
+strings, and the field path is assembled only while an error unwinds.  ``check(obj)`` applies the
+rules without encoding, for callers that keep the JSON they received (the local server).
 """
 
 from __future__ import annotations
@@ -98,16 +99,21 @@ def _path(parts: list[str]) -> str:
 
 def validate(obj: Any, *, min_id_length: int = 5, max_record_bytes: int = 64 * 1024) -> ValidRecord:
     """Check ``obj`` against Amplitude's rules; return its user key and encoded bytes."""
-    if type(obj) is not dict:
-        raise InvalidRecord("", "not_object", f"must be a JSON object, got {_type_name(obj)}")
-    try:
-        user_key = _check_top(obj, min_id_length)
-    except _Bad as bad:
-        raise InvalidRecord(_path(bad.parts), bad.rule, bad.message) from None
+    user_key = check(obj, min_id_length=min_id_length)
     data = orjson.dumps(obj)
     if len(data) > max_record_bytes:
         raise InvalidRecord("", "too_large", f"encodes to {len(data)} bytes, more than the {max_record_bytes} allowed")
     return ValidRecord(user_key, data)
+
+
+def check(obj: Any, *, min_id_length: int = 5) -> str:
+    """Check ``obj`` against Amplitude's rules (all but the size cap); return its user key."""
+    if type(obj) is not dict:
+        raise InvalidRecord("", "not_object", f"must be a JSON object, got {_type_name(obj)}")
+    try:
+        return _check_top(obj, min_id_length)
+    except _Bad as bad:
+        raise InvalidRecord(_path(bad.parts), bad.rule, bad.message) from None
 
 
 def validate_json(line: bytes | str, **limits: int) -> ValidRecord:
@@ -155,7 +161,8 @@ def _check_id(obj: dict[str, Any], name: str, min_length: int) -> str | None:
         raise _Bad("not_string", f"must be a string, got {_type_name(value)}", [name])
     if len(value) < min_length:
         raise _Bad("too_short", f"must be at least {min_length} characters, got {len(value)}", [name])
-    _check_string(value, name)
+    if len(value) > MAX_STRING or not value.isascii():
+        _check_string(value, name)
     if value.lower() in RESERVED_IDS:
         raise _Bad("reserved_id", f"{value!r} is a placeholder Amplitude refuses as an id", [name])
     return value
@@ -194,36 +201,61 @@ def _check_properties(props: Any) -> None:
 
 
 def _check_operations(props: dict[Any, Any]) -> None:
-    seen: dict[str, str] = {}
+    # Only a record with several operations can repeat a property across them.
+    seen: dict[str, str] | None = {} if len(props) > 1 else None
     for op, body in props.items():
-        if op not in OPERATIONS:
-            if type(op) is str and op.startswith("$"):
-                raise _Bad("unknown_operation", f"unknown operation; known: {', '.join(sorted(OPERATIONS))}", [op])
-            raise _Bad(
-                "mixed_operations",
-                "plain properties cannot be mixed with operations; put them under $set",
-                [str(op)],
-            )
-        if op == "$clearAll":
-            if len(props) > 1:
-                raise _Bad("clear_all_not_alone", "$clearAll cannot be combined with other operations", [op])
+        if _operation_body(op, body, props) is None:
             continue
-        if type(body) is not dict:
-            raise _Bad("not_object", f"must be an object of property -> value, got {_type_name(body)}", [op])
+        is_add = op == "$add"
+        for name, value in body.items():
+            _check_operand(op, name, value, seen, is_add)
+
+
+def _operation_body(op: Any, body: Any, props: dict[Any, Any]) -> dict[Any, Any] | None:
+    """The property map of a known operation; None for $clearAll, which has none."""
+    if op not in OPERATIONS:
+        if type(op) is str and op.startswith("$"):
+            raise _Bad("unknown_operation", f"unknown operation; known: {', '.join(sorted(OPERATIONS))}", [op])
+        raise _Bad(
+            "mixed_operations", "plain properties cannot be mixed with operations; put them under $set", [str(op)]
+        )
+    if op == "$clearAll":
+        if len(props) > 1:
+            raise _Bad("clear_all_not_alone", "$clearAll cannot be combined with other operations", [op])
+        return None
+    if type(body) is not dict:
+        raise _Bad("not_object", f"must be an object of property -> value, got {_type_name(body)}", [op])
+    return body
+
+
+def _check_operand(op: str, name: Any, value: Any, seen: dict[str, str] | None, is_add: bool) -> None:
+    """One property of an operation: its name, its value, and that no other operation has it."""
+    if type(name) is not str or not name or len(name) > MAX_STRING or not name.isascii():
         try:
-            _check_object(body, 2)
+            _check_key(name)
         except _Bad as bad:
             raise bad.push(op) from None
-        for name, value in body.items():
-            if name in seen:
-                raise _Bad(
-                    "duplicate_property",
-                    f"property also appears under {seen[name]}; one operation per property",
-                    [op, name],
-                )
-            seen[name] = op
-            if op == "$add" and (type(value) not in (int, float)):
-                raise _Bad("not_number", f"$add needs a number, got {_type_name(value)}", [op, name])
+    if seen is not None:
+        if name in seen:
+            raise _Bad("duplicate_property", f"property also appears under {seen[name]}; one operation per property",
+                       [op, name])  # fmt: skip
+        seen[name] = op
+    t = type(value)
+    if is_add and t is not int and t is not float:
+        raise _Bad("not_number", f"$add needs a number, got {_type_name(value)}", [op, name])
+    # The common scalars are checked here, without a call per value.
+    if t is str:
+        if len(value) <= MAX_STRING and value.isascii():
+            return
+    elif t is int:
+        if _INT_MIN <= value <= _INT_MAX:
+            return
+    elif t is bool or value is None:
+        return
+    try:
+        _check_value(value, 2)
+    except _Bad as bad:
+        raise bad.push(name).push(op) from None
 
 
 def _check_object(obj: dict[Any, Any], depth: int) -> None:

@@ -17,7 +17,7 @@ from producers.producer import IdentifyProducer
 from tests.conftest import StartWorker, worker_env
 from tests.helpers import SENTINEL_API_KEY, check_delivery, seq_records, wait_until
 from worker.local_redis import LocalRedis
-from worker.local_stack import COMMAND, LocalAmplitudeProcess
+from worker.local_stack import COMMAND, LocalAmplitudeProcess, cpu_seconds
 from worker.status import gather
 
 
@@ -152,25 +152,3 @@ def test_the_api_key_appears_nowhere(
     logs = worker_logs()  # type: ignore[operator]
     assert "retry" in logs.lower() or "HTTP 500" in logs
     assert SENTINEL_API_KEY not in logs
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children still alive, from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid, *children(pid)]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out += [int(c) for c in text]
-    return out
