@@ -7,6 +7,7 @@ sends another.  That is why tasks are acknowledged early and results are ignored
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -75,6 +76,10 @@ def process_drainer(settings: Settings) -> Drainer:
         )
         store = ShardStore(client, Keys(settings.queue.namespace), settings.lease_ttl_s)
         drainer = _process["drainer"] = Drainer(settings, store, sink, should_stop=_stopping.is_set)
+        # Celery, kombu and our setup are long-lived; every drain allocates thousands of short-lived
+        # objects, and each older-generation collection would scan them all again.  Freezing what
+        # exists now cut the worker's CPU per record by a fifth (bench/results/throughput.md).
+        gc.freeze()
     return drainer
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from producers import entry
 from producers.entry import Entry
@@ -32,12 +32,11 @@ RETRY_BASE_S = 1.0
 RETRY_CAP_S = 300.0
 
 
-@dataclass
-class Item:
+class Item(NamedTuple):
     """One identification of a request, and the queue entries it carries."""
 
     data: bytes
-    entries: list[Entry]
+    entries: tuple[Entry, ...]
 
 
 class Drainer:
@@ -72,7 +71,7 @@ class Drainer:
 
     def _process(self, shard: int, token: str, claim: Claim) -> int:
         """Send everything claimed, in order; return a delay (ms) if the shard must wait to retry."""
-        pending = [Item(e.data, [e]) for e in self._decode(claim.entries)]
+        pending = [Item(e.data, (e,)) for e in self._decode(claim.entries)]
         while pending and not self._should_stop():
             n = self._next_batch(pending)
             batch, rest = pending[:n], pending[n:]
