@@ -40,8 +40,10 @@ def redis_client(redis_server: LocalRedis) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def queue_config(redis_server: LocalRedis, namespace: str) -> QueueConfig:
-    return QueueConfig(redis_url=redis_server.url, namespace=namespace, shards=8)
+def queue_config(request: pytest.FixtureRequest, redis_server: LocalRedis, namespace: str) -> QueueConfig:
+    """Eight shards, unless the test says otherwise with ``@pytest.mark.shards(n)``."""
+    marker = request.node.get_closest_marker("shards")
+    return QueueConfig(redis_url=redis_server.url, namespace=namespace, shards=marker.args[0] if marker else 8)
 
 
 @pytest.fixture

@@ -31,21 +31,25 @@ from producers.redis_conn import store_errors
 
 log = logging.getLogger("identify_queue.dispatcher")
 
-# KEYS: wakeups, then per shard s (in order 0..n-1): lease, state
+# KEYS: wakeups, blocked, then per shard s (in order 0..n-1): lease, state
 # ARGV: max shards to pop, grace ms (how long a sent task is trusted to come)
 # Returns {due shards..., -1, next due ms or -1, now ms}
 POP_DUE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
+-- while a configuration error blocks sending, wake nobody before the next probe is due
+local probe_at = tonumber(redis.call('HGET', KEYS[2], 'next_probe_ms') or '0')
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))) do
   redis.call('ZREM', KEYS[1], m)
   local s = tonumber(m)
-  local lease, state = KEYS[2 + 2 * s], KEYS[3 + 2 * s]
+  local lease, state = KEYS[3 + 2 * s], KEYS[4 + 2 * s]
   if lease and redis.call('EXISTS', lease) == 0 then
     local st = redis.call('HMGET', state, 'retry_at', 'dispatched_at')
     local retry_at, sent = tonumber(st[1] or '0'), tonumber(st[2] or '0')
-    if retry_at > now then
+    if probe_at > now then
+      redis.call('ZADD', KEYS[1], probe_at, m)
+    elseif retry_at > now then
       redis.call('ZADD', KEYS[1], retry_at, m)
     elseif now - sent >= tonumber(ARGV[2]) then
       -- a task sent earlier and not yet started will drain this too: do not send another
@@ -113,7 +117,7 @@ class Dispatcher:
         self.node = node or f"{socket.gethostname()}:{threading.get_native_id()}"
         self._pop_due = client.register_script(POP_DUE_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
-        self._pop_keys = [keys.wakeups]
+        self._pop_keys = [keys.wakeups, keys.blocked]
         for s in range(shards):
             k = keys.shard(s)
             self._pop_keys += [k.lease, k.state]

@@ -1,18 +1,32 @@
-"""Draining one shard: claim records, cut batches, POST them, and settle each answer.
+"""Draining one shard: claim records, cut batches, POST them, and give every answer its remedy.
 
 One drain task owns one shard at a time (its lease), so one user's records go out in the order
 they were enqueued: a batch is sent only after the previous one of the shard was settled, and a
 batch that must be retried holds back everything behind it in that shard (other shards go on).
 
-The loop runs for at most ``drain_slice_s`` and then gives the worker process back to other
-shards; the release tells the dispatcher when this shard needs its next drain.
+    accepted          acknowledge; go on with the rest
+    invalid records   dead-letter exactly those; resend the others at once
+    400 naming none   split the batch in halves until the bad records stand alone; dead-letter them
+                      (one bad record in 1,000 costs about 2 log2(1000) = 20 extra requests)
+    too large (413)   split the batch and lower the request size every worker uses from then on;
+                      a single record still too large is dead-lettered as `too_large`
+    config error      stop every worker sending (a `blocked` reason in status), keep every record,
+                      probe with backoff, resume on the first answer that is not a config error
+    retry (5xx ...)   the shard backs off (capped, jittered); records past the maximum age or
+                      number of attempts are dead-lettered as `expired`
+
+A batch whose drain keeps dying (the next owner finds it in flight with no clean release) is sent
+one record at a time, and if that keeps dying too, its first record is dead-lettered as `poison`.
+The drain runs for at most ``drain_slice_s`` and then gives the process back to other shards.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from producers import entry
@@ -20,16 +34,23 @@ from producers.entry import Entry
 from producers.errors import InvalidRecord, LeaseLost, SinkError
 from worker import batcher
 from worker.backoff import retry_delay_s
+from worker.deadletter import dead_letter, dead_letter_raw
 from worker.outcome import Outcome, Verdict, classify, classify_error
 from worker.settings import Settings
-from worker.shard_store import Claim, Settlement, ShardStore
+from worker.shard_store import Claim, DeadLetter, Settlement, ShardStore
 from worker.sink import HttpSink, batch_json
 
 log = logging.getLogger("identify_queue.drain")
 
-# Backoff of a failing shard: 1 s doubling up to 5 minutes.
-RETRY_BASE_S = 1.0
-RETRY_CAP_S = 300.0
+#: The smallest request size a 413 can teach us (below it, records are sent one by one anyway).
+MIN_LEARNED_BYTES = 1024
+
+
+class Pause(NamedTuple):
+    """How long the shard waits before its next drain; ``retry`` when its own batch failed."""
+
+    ms: int
+    retry: bool
 
 
 class Item(NamedTuple):
@@ -37,6 +58,20 @@ class Item(NamedTuple):
 
     data: bytes
     entries: tuple[Entry, ...]
+
+
+@dataclass
+class Work:
+    """What is left of one claim, and how the next batches must be cut."""
+
+    pending: list[Item]
+    max_bytes: int
+    #: Caps on the sizes of the next batches, from splitting (400 naming none, 413).
+    splits: list[int] = field(default_factory=list)
+    #: One record per request: this claim's drain has died before.
+    careful: bool = False
+    #: This claim probes a blocked sender; its first answer decides whether sending resumes.
+    probe: bool = False
 
 
 class Drainer:
@@ -49,75 +84,232 @@ class Drainer:
         self._should_stop = should_stop
         # The body overhead besides the records: `api_key=...&identification=`.
         self._overhead = len(sink.body(b""))
+        # Single records refused by a 400 that names none, in a row (across claims).
+        self._unnamed_run = 0
 
+    # -- the loop ---------------------------------------------------------------------------------
     def drain(self, shard: int) -> None:
         token = self.store.acquire(shard)
         if token is None:
             return  # another drainer owns it and will see everything queued there
-        retry_in_ms = 0
+        pause, clean = None, True
         try:
             deadline = time.monotonic() + self.settings.drain_slice_s
             while time.monotonic() < deadline and not self._should_stop():
                 claim = self.store.claim(shard, token, self.settings.batch_size)
+                if claim.blocked_wait_ms:
+                    pause = Pause(claim.blocked_wait_ms, retry=False)
+                    break
                 if not claim.entries:
                     break
-                retry_in_ms = self._process(shard, token, claim)
-                if retry_in_ms:
+                pause = self._process(shard, token, claim)
+                if pause:
                     break
         except LeaseLost:
             log.warning("shard %d: lease lost while draining; another drainer took over", shard)
             return
-        self.store.release(shard, token, retry_in_ms=retry_in_ms)
+        except Exception:
+            # A bug or an unexpected answer: what was claimed stays in flight, unmarked, so the next
+            # claim counts a recovery; repeated, that isolates the record that causes it.
+            log.exception("shard %d: drain failed; its records stay in flight and are read again first", shard)
+            pause, clean = Pause(self._backoff_ms(1), retry=True), False
+        if pause is None:
+            self.store.release(shard, token, clean=clean)
+        elif pause.retry:
+            self.store.release(shard, token, retry_in_ms=pause.ms, clean=clean)
+        else:
+            self.store.release(shard, token, wake_in_ms=pause.ms, clean=clean)
 
-    def _process(self, shard: int, token: str, claim: Claim) -> int:
-        """Send everything claimed, in order; return a delay (ms) if the shard must wait to retry."""
-        pending = [Item(e.data, (e,)) for e in self._decode(claim.entries)]
-        while pending and not self._should_stop():
-            n = self._next_batch(pending)
-            batch, rest = pending[:n], pending[n:]
-            outcome = self._send(shard, token, batch)
-            if outcome.verdict is Verdict.ACCEPTED:
-                delivered = sum(len(i.entries) for i in batch)
-                self.store.settle(
-                    shard, token, Settlement(delivered=delivered, requests=1, keep=_raw(rest), kept_on_purpose=True)
-                )
-                pending = rest
-                continue
-            return self._retry_later(shard, token, batch, rest, outcome)
-        return 0
+    def _process(self, shard: int, token: str, claim: Claim) -> Pause | None:
+        """Send everything claimed, in order; return a pause if the shard must wait."""
+        now = entry.now_ms()
+        decoded, dead = self._decode(claim.entries, now)
+        if claim.recoveries >= self.settings.poison_after + 2 and decoded:
+            culprit = decoded.pop(0)
+            detail = f"the drain died {claim.recoveries} times with this record first in flight"
+            dead.append(dead_letter(culprit, "poison", now, detail=detail))
+            log.error("shard %d: dead-lettered a poison record of %s: %s", shard, culprit.user_key, detail)
+        if dead:
+            self.store.settle(shard, token, Settlement(dead=dead, keep=[e.raw for e in decoded]))
+        max_bytes = self.settings.batch_max_bytes
+        if claim.max_request_bytes:
+            max_bytes = min(max_bytes, claim.max_request_bytes)
+        work = Work(
+            pending=[Item(e.data, (e,)) for e in decoded],
+            max_bytes=max_bytes,
+            careful=claim.recoveries >= self.settings.poison_after,
+            probe=claim.probe,
+        )
+        while work.pending and not self._should_stop():
+            n = self._next_batch(work)
+            batch = work.pending[:n]
+            outcome, sent_bytes = self._send(shard, token, batch)
+            if work.probe:
+                work.probe = False
+                if outcome.verdict is not Verdict.CONFIG_ERROR:
+                    self._resume()
+            pause = self._remedy(shard, token, work, batch, outcome, sent=sent_bytes)
+            if pause:
+                return pause
+        return None
 
-    def _decode(self, raws: list[bytes]) -> list[Entry]:
-        out = []
+    def _decode(self, raws: list[bytes], now: int) -> tuple[list[Entry], list[DeadLetter]]:
+        decoded, dead = [], []
         for raw in raws:
             try:
-                out.append(entry.decode(raw))
-            except InvalidRecord:
-                log.error("undecodable queue entry skipped: %r", raw[:80])
-        return out
+                decoded.append(entry.decode(raw))
+            except InvalidRecord as exc:
+                dead.append(dead_letter_raw(raw, now, exc.detail))
+                log.error("dead-lettered an undecodable queue entry: %r", raw[:80])
+        return decoded, dead
 
-    def _next_batch(self, pending: list[Item]) -> int:
-        budget = self.settings.batch_max_bytes - self._overhead
-        return batcher.take([len(i.data) for i in pending], self.settings.batch_size, budget)
+    def _next_batch(self, work: Work) -> int:
+        if work.careful:
+            return 1
+        budget = work.max_bytes - self._overhead
+        n = batcher.take([len(i.data) for i in work.pending], self.settings.batch_size, budget)
+        if work.splits:
+            cap = work.splits.pop(0)
+            if n < cap:
+                work.splits.insert(0, cap - n)  # the rest of that half still goes out on its own
+            n = min(n, cap)
+        return n
 
-    def _send(self, shard: int, token: str, batch: list[Item]) -> Outcome:
+    def _send(self, shard: int, token: str, batch: list[Item]) -> tuple[Outcome, int]:
         body = self.sink.body(batch_json([i.data for i in batch]))
         self.store.renew(shard, token)
         try:
             result = self.sink.post(body)
         except SinkError as exc:
-            return classify_error(exc)
-        return classify(result.status, result.headers, result.body, len(batch))
+            return classify_error(exc), len(body)
+        return classify(result.status, result.headers, result.body, len(batch)), len(body)
 
-    def _retry_later(self, shard: int, token: str, batch: list[Item], rest: list[Item], outcome: Outcome) -> int:
-        attempts = max(e.attempts for i in batch for e in i.entries) + 1
-        delay = outcome.retry_after_s or retry_delay_s(attempts, RETRY_BASE_S, RETRY_CAP_S)
-        retried = [entry.with_attempts(e, e.attempts + 1).raw for i in batch for e in i.entries]
-        self.store.settle(shard, token, Settlement(requests=1, keep=retried + _raw(rest), kept_on_purpose=True))
-        log.warning(
-            "shard %d: %s; %d records wait %.1f s (attempt %d)",
-            shard, outcome.detail or outcome.verdict, len(retried) + len(rest), delay, attempts,
+    # -- remedies ---------------------------------------------------------------------------------
+    def _remedy(
+        self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome, *, sent: int
+    ) -> Pause | None:
+        verdict = outcome.verdict
+        if verdict is Verdict.ACCEPTED:
+            self._unnamed_run = 0
+            work.pending = work.pending[len(batch) :]
+            delivered = sum(len(i.entries) for i in batch)
+            self.store.settle(shard, token, Settlement(delivered=delivered, requests=1, keep=_raw(work.pending)))
+            return None
+        if verdict is Verdict.INVALID:
+            self._invalid(shard, token, work, batch, outcome)
+            return None
+        if verdict is Verdict.UNNAMED_INVALID:
+            return self._unnamed_invalid(shard, token, work, batch, outcome)
+        if verdict is Verdict.TOO_LARGE:
+            self._too_large(shard, token, work, batch, outcome, sent=sent)
+            return None
+        if verdict is Verdict.CONFIG_ERROR:
+            return self._config_error(shard, token, work, outcome)
+        return self._retry_later(shard, token, work, batch, outcome)
+
+    def _invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
+        now = entry.now_ms()
+        dead = [
+            dead_letter(e, "invalid", now, detail=outcome.invalid[i], status=outcome.status, response=outcome.excerpt)
+            for i in sorted(outcome.invalid)
+            for e in batch[i].entries
+        ]
+        good = [item for i, item in enumerate(batch) if i not in outcome.invalid]
+        work.pending = good + work.pending[len(batch) :]
+        error = f"{len(dead)} record(s) refused as invalid: {outcome.detail}"
+        self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
+        log.warning("shard %d: %s; resending the other %d", shard, error, len(good))
+
+    def _unnamed_invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause | None:
+        if len(batch) > 1:
+            half = (len(batch) + 1) // 2
+            work.splits[0:0] = [half, len(batch) - half]
+            self.store.settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+            return None
+        self._unnamed_run += 1
+        now = entry.now_ms()
+        detail = "refused by a 400 that names no record; isolated by splitting its batch"
+        dead = [dead_letter(e, "invalid", now, detail=detail, status=400, response=outcome.excerpt)
+                for e in batch[0].entries]  # fmt: skip
+        work.pending = work.pending[1:]
+        self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
+        if self._unnamed_run >= self.settings.unnamed_refusals_before_block:
+            # Record after record refused, and none accepted: the request itself is at fault.
+            self._unnamed_run = 0
+            reason = f"{self.settings.unnamed_refusals_before_block} records in a row refused by a 400 naming none"
+            return self._block(reason, outcome)
+        return None
+
+    def _too_large(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome, *, sent: int) -> None:
+        learned = self.store.lower_max_request_bytes(max(sent // 2, MIN_LEARNED_BYTES))
+        work.max_bytes = min(work.max_bytes, learned)
+        if len(batch) > 1:
+            half = (len(batch) + 1) // 2
+            work.splits[0:0] = [half, len(batch) - half]
+            error = f"413 for a {sent}-byte request; requests are now at most {work.max_bytes} bytes"
+            self.store.settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=error))
+            return
+        now = entry.now_ms()
+        detail = f"a {sent}-byte request holding only this record was refused with 413"
+        dead = [dead_letter(e, "too_large", now, detail=detail, status=413, response=outcome.excerpt)
+                for e in batch[0].entries]  # fmt: skip
+        work.pending = work.pending[1:]
+        self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
+
+    def _config_error(self, shard: int, token: str, work: Work, outcome: Outcome) -> Pause:
+        # Not the records' fault: keep them all, unchanged, and stop every worker sending.
+        self.store.settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+        return self._block(outcome.detail, outcome)
+
+    def _block(self, reason: str, outcome: Outcome) -> Pause:
+        block = self.store.block(
+            reason, outcome.excerpt, outcome.status,
+            base_s=self.settings.retry_base_s, cap_s=self.settings.probe_cap_s, jitter=random.random(),
         )  # fmt: skip
-        return max(1, int(delay * 1000))
+        if block.newly_blocked:
+            log.error(
+                "SENDING STOPPED for every worker: %s. No record is dropped: everything stays queued. "
+                "Fix the cause (AMPLITUDE_API_KEY, AMPLITUDE_IDENTIFY_URL); workers probe again with "
+                "backoff, and a worker restarted with the right settings resumes at once.",
+                reason,
+            )
+        else:
+            log.warning("still blocked (%s); probe %d failed, next in %.1f s",
+                        reason, block.probes, block.next_probe_in_ms / 1000)  # fmt: skip
+        return Pause(max(1, block.next_probe_in_ms), retry=False)
+
+    def _resume(self) -> None:
+        blocked_ms = self.store.unblock()
+        if blocked_ms >= 0:
+            log.warning("sending resumed after %.1f s blocked", blocked_ms / 1000)
+
+    def _retry_later(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause:
+        now = entry.now_ms()
+        max_age_ms = self.settings.retry_max_age_s * 1000
+        expired: list[DeadLetter] = []
+        retried: list[bytes] = []
+        attempts = 0
+        for item in batch:
+            for old in item.entries:
+                e = entry.with_attempts(old, old.attempts + 1)
+                attempts = max(attempts, e.attempts)
+                if e.attempts >= self.settings.retry_max_attempts or now - e.enqueued_ms > max_age_ms:
+                    expired.append(dead_letter(e, "expired", now, detail=outcome.detail, status=outcome.status,
+                                               response=outcome.excerpt))  # fmt: skip
+                else:
+                    retried.append(e.raw)
+        rest = work.pending[len(batch) :]
+        self.store.settle(
+            shard, token, Settlement(requests=1, dead=expired, keep=retried + _raw(rest), error=outcome.detail)
+        )
+        delay_ms = int(outcome.retry_after_s * 1000) if outcome.retry_after_s else self._backoff_ms(attempts)
+        log.warning("shard %d: %s; %d records wait %.1f s (attempt %d)%s", shard, outcome.detail or outcome.verdict,
+                    len(retried) + len(rest), delay_ms / 1000, attempts,
+                    f"; {len(expired)} expired and dead-lettered" if expired else "")  # fmt: skip
+        return Pause(max(1, delay_ms), retry=True)
+
+    def _backoff_ms(self, attempts: int) -> int:
+        return int(retry_delay_s(attempts, self.settings.retry_base_s, self.settings.retry_cap_s) * 1000)
 
 
 def _raw(items: list[Item]) -> list[bytes]:

@@ -8,12 +8,13 @@ Accepted identifications are kept in arrival order and applied to per-user state
 
 It can be told to misbehave, so the worker's remedies can be tested against real HTTP:
 
-    POST /_control   {"statuses": [500, 500], "fail_rate": 0.3, "hang": true, "delay_ms": 50,
+    POST /_control   {"statuses": [500, 500], "fail_rate": 0.3, "hang": true, "hang_users": ["u9"],
+                      "delay_ms": 50,
                       "max_body_bytes": 20000, "invalid_key": true, "reject_users": ["u1"],
                       "name_invalid": false, "throttle_users": {"u2": 3.0}, "name_throttled": true,
                       "seed": 7}
     POST /_reset     forget everything (state, log, faults)
-    GET  /_stats     counts, statuses, accepted records, requests in progress
+    GET  /_stats     counts, statuses, accepted records, requests received and in progress
     GET  /_accepted?since=N&limit=M   accepted identifications (JSON Lines), in arrival order
     GET  /_requests  one line per request: time, status, records, bytes
     GET  /_users/ID  the user's properties as Amplitude would hold them
@@ -52,6 +53,7 @@ class Faults:
         self.statuses: list[int] = [int(s) for s in spec.get("statuses", [])]
         self.fail_rate = float(spec.get("fail_rate", 0.0))
         self.hang = bool(spec.get("hang", False))
+        self.hang_users = [str(u).encode() for u in spec.get("hang_users", [])]
         self.delay_s = float(spec.get("delay_ms", 0)) / 1000
         self.max_body_bytes = int(spec.get("max_body_bytes", MAX_BODY))
         self.invalid_key = bool(spec.get("invalid_key", False))
@@ -87,6 +89,7 @@ class LocalAmplitude:
         self.requests: list[tuple[float, int, int, int]] = []
         self.statuses: Counter[int] = Counter()
         self.in_progress = 0
+        self.received = 0
         self.started = time.time()
 
     # -- WSGI ---------------------------------------------------------------------------------
@@ -130,6 +133,7 @@ class LocalAmplitude:
         received = time.monotonic()
         with self._lock:
             self.in_progress += 1
+            self.received += 1
         try:
             return self._identify(raw, content_type, received)
         finally:
@@ -140,7 +144,7 @@ class LocalAmplitude:
         with self._lock:
             # A held request is answered by whatever faults are set when it is let go, so a test
             # can hold requests, kill their client, and then fail them (not applied) with a 503.
-            while self.faults.hang:
+            while self.faults.hang or self._holds_hung_user(raw):
                 self._unhang.wait(0.5)
             faults = self.faults
             forced = faults.statuses.pop(0) if faults.statuses else None
@@ -153,6 +157,9 @@ class LocalAmplitude:
             self.requests.append((received, status, count, len(raw)))
             self.statuses[status] += 1
         return status, body
+
+    def _holds_hung_user(self, raw: bytes) -> bool:
+        return any(user in raw for user in self.faults.hang_users)
 
     def _answer(
         self, raw: bytes, content_type: str, faults: Faults, forced: int | None, failed: bool
@@ -170,7 +177,8 @@ class LocalAmplitude:
         if not api_key:
             return 400, b'{"code":400,"error":"Request missing required field","missing_field":"api_key"}', 0
         if faults.invalid_key or (self.api_key is not None and api_key != self.api_key):
-            return 400, b'{"code":400,"error":"Invalid API key"}', 0
+            # Echo the key, as some APIs do: the worker must keep it out of logs and Redis anyway.
+            return 400, orjson.dumps({"code": 400, "error": f"Invalid API key: {api_key}"}), 0
         if len(items) > MAX_ITEMS:
             return 413, b'{"code":413,"error":"Payload too large"}', len(items)
         throttled = self._throttled(items, faults)
@@ -237,6 +245,7 @@ class LocalAmplitude:
                 "accepted": self.accepted_count,
                 "requests": len(self.requests),
                 "in_progress": self.in_progress,
+                "received": self.received,
                 "statuses": {str(k): v for k, v in self.statuses.items()},
                 "max_request_bytes": max((r[3] for r in self.requests), default=0),
                 "uptime_s": time.time() - self.started,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 
 from producers.errors import ConfigError, QueueMismatch, StoreError
@@ -9,6 +11,9 @@ from producers.keys import Keys
 from producers.producer import LAYOUT_VERSION
 from producers.redis_conn import describe, store_errors
 from worker.settings import Settings
+from worker.shard_store import ShardStore
+
+log = logging.getLogger("identify_queue.worker")
 
 
 def check_redis(client: redis.Redis, settings: Settings) -> None:
@@ -39,6 +44,8 @@ def check_redis(client: redis.Redis, settings: Settings) -> None:
         )
     if layout is not None and int(layout) != int(LAYOUT_VERSION):
         raise QueueMismatch(f"the queue in Redis has entry layout {int(layout)}, this worker reads {LAYOUT_VERSION}")
+    if ShardStore(client, keys, settings.lease_ttl_s).probe_now():
+        log.warning("sending is blocked by a configuration error; this worker probes at once")
     with store_errors("write queue layout"):
         client.hset(
             keys.meta,

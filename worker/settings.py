@@ -63,6 +63,22 @@ class Settings:
     connect_timeout_s: float = 5.0
     #: Per read from the socket; a request that hangs longer counts as a timeout (retryable).
     request_timeout_s: float = 30.0
+    #: Backoff of a shard whose requests fail (5xx, timeouts): doubling from base up to cap, jittered.
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 300.0
+    #: A record still failing after this long, or this many attempts, is dead-lettered as
+    #: `expired`.  Three days outlast any Amplitude outage on record; attempts rarely bind first.
+    retry_max_age_s: float = 3 * 24 * 3600.0
+    retry_max_attempts: int = 5000
+    #: While a configuration error (such as an invalid API key) blocks sending, one request probes
+    #: again after a backoff growing to this cap.
+    probe_cap_s: float = 300.0
+    #: A batch whose drain has died this many times in a row is sent one record at a time, and
+    #: after two more deaths its first record is dead-lettered as `poison`.
+    poison_after: int = 3
+    #: Consecutive single records refused with a 400 that names none, before that is taken as a
+    #: request-level problem (sending blocks) rather than bad records (dead-lettered).
+    unnamed_refusals_before_block: int = 10
     #: Celery worker processes on this machine.
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: Plain text for people, or one JSON object per line for log pipelines.
@@ -97,6 +113,12 @@ class Settings:
             drain_slice_s=env_float(env, "IDENTIFY_DRAIN_SLICE_S", cls.drain_slice_s, 0.05, 600.0),
             connect_timeout_s=env_float(env, "IDENTIFY_HTTP_CONNECT_TIMEOUT_S", cls.connect_timeout_s, 0.1, 120.0),
             request_timeout_s=env_float(env, "IDENTIFY_HTTP_TIMEOUT_S", cls.request_timeout_s, 0.1, 600.0),
+            retry_base_s=env_float(env, "IDENTIFY_RETRY_BACKOFF_BASE_S", cls.retry_base_s, 0.01, 3600.0),
+            retry_cap_s=env_float(env, "IDENTIFY_RETRY_BACKOFF_CAP_S", cls.retry_cap_s, 0.01, 86_400.0),
+            retry_max_age_s=env_float(env, "IDENTIFY_RETRY_MAX_AGE_S", cls.retry_max_age_s, 1.0, 90 * 86_400.0),
+            retry_max_attempts=env_int(env, "IDENTIFY_RETRY_MAX_ATTEMPTS", cls.retry_max_attempts, 1, 10**9),
+            probe_cap_s=env_float(env, "IDENTIFY_PROBE_CAP_S", cls.probe_cap_s, 0.01, 86_400.0),
+            poison_after=env_int(env, "IDENTIFY_POISON_AFTER", cls.poison_after, 1, 1000),
             concurrency=env_int(env, "IDENTIFY_WORKER_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", cls.log_format, ("text", "json")),
             log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),

@@ -47,36 +47,89 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: lease, queue, inflight, state, parked
-# ARGV: token, max entries
-# Returns {recovered (0/1), recoveries, parked users, entries...}
+# KEYS: lease, queue, inflight, state, parked, blocked, meta
+# ARGV: token, max entries, probe hold ms
+# Returns {recovered (0/1), recoveries, parked users, blocked wait ms, probe (0/1), learned max
+# request bytes (0: none), entries...}.  While sending is blocked (a configuration error), nothing
+# is claimed until the next probe is due; the first claim after that is the probe, and pushes the
+# next probe back by `probe hold` so that one request probes at a time.
 CLAIM_LUA = f"""
 {_FENCE}
+{_NOW_MS}
+local learned = tonumber(redis.call('HGET', KEYS[7], 'max_request_bytes') or '0')
 local parked = redis.call('ZCARD', KEYS[5])
-if redis.call('LLEN', KEYS[3]) > 0 then
+local in_flight = redis.call('LLEN', KEYS[3])
+if in_flight == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+  return {{0, 0, parked, 0, 0, learned}}
+end
+local probe = 0
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  local next_probe = tonumber(redis.call('HGET', KEYS[6], 'next_probe_ms') or '0')
+  if now < next_probe then
+    return {{0, 0, parked, next_probe - now, 0, learned}}
+  end
+  redis.call('HSET', KEYS[6], 'next_probe_ms', now + tonumber(ARGV[3]))
+  probe = 1
+end
+if in_flight > 0 then
+  -- read again first: left by a clean release (waiting to retry), or by a drainer that died
   local rec = 0
   if redis.call('HGET', KEYS[4], 'kept') then
     redis.call('HDEL', KEYS[4], 'kept')
   else
     rec = redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
   end
-  local out = {{1, rec, parked}}
+  local out = {{1, rec, parked, 0, probe, learned}}
   for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = e end
   return out
 end
 local items = redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[2], #items, -1)
-  redis.call('RPUSH', KEYS[3], unpack(items))
-end
-local out = {{0, 0, parked}}
+redis.call('LTRIM', KEYS[2], #items, -1)
+redis.call('RPUSH', KEYS[3], unpack(items))
+local out = {{0, 0, parked, 0, probe, learned}}
 for _, e in ipairs(items) do out[#out + 1] = e end
 return out
 """
 
+# KEYS: blocked; ARGV: reason, detail, status, backoff base ms, cap ms, jitter (0..1)
+# Returns {newly blocked (0/1), probes so far, ms until the next probe}.
+BLOCK_LUA = f"""
+{_NOW_MS}
+local new = redis.call('EXISTS', KEYS[1]) == 0
+if new then redis.call('HSET', KEYS[1], 'since_ms', now, 'probes', 0) end
+local probes = redis.call('HINCRBY', KEYS[1], 'probes', 1)
+local step = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ math.min(probes - 1, 40))
+local delay = math.floor(step / 2 + step / 2 * tonumber(ARGV[6]))
+redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'detail', ARGV[2], 'status', ARGV[3], 'next_probe_ms', now + delay)
+return {{new and 1 or 0, probes, delay}}
+"""
+
+# KEYS: blocked, wakeups, kick.  Returns how long sending was blocked (ms), or -1 if it was not.
+UNBLOCK_LUA = f"""
+{_NOW_MS}
+local since = redis.call('HGET', KEYS[1], 'since_ms')
+if not since then return -1 end
+redis.call('DEL', KEYS[1])
+-- every shard waiting for the next probe can go now
+local waiting = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, shard in ipairs(waiting) do redis.call('ZADD', KEYS[2], 'XX', now, shard) end
+if redis.call('LLEN', KEYS[3]) == 0 then redis.call('RPUSH', KEYS[3], '1') end
+return now - tonumber(since)
+"""
+
+# KEYS: meta; ARGV: bytes.  The request size every worker uses from now on, never raised here.
+LOWER_MAX_BYTES_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'max_request_bytes') or '0')
+if current == 0 or tonumber(ARGV[1]) < current then
+  redis.call('HSET', KEYS[1], 'max_request_bytes', ARGV[1])
+  return tonumber(ARGV[1])
+end
+return current
+"""
+
 # KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked,
 #       then one parked-list key per parked user (in ARGV order)
-# ARGV: token, delivered, requests, n_keep, n_dead, n_park_users, kept_flag,
+# ARGV: token, delivered, requests, n_keep, n_dead, n_park_users, last error ('' for none),
 #       keep entries..., dead (id, failed_ms, reason, json) x n_dead...,
 #       per parked user: user key, hold_ms (from now, Redis's clock), reason, n, entries...
 SETTLE_LUA = f"""
@@ -84,6 +137,7 @@ SETTLE_LUA = f"""
 {_NOW_MS}
 local delivered, reqs = tonumber(ARGV[2]), tonumber(ARGV[3])
 local n_keep, n_dead, n_park = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], 'last_error', ARGV[7], 'last_error_ms', now) end
 local a = 8
 redis.call('DEL', KEYS[2])
 if n_keep > 0 then
@@ -95,9 +149,8 @@ if n_keep > 0 then
     i = j + 1
   end
   a = last + 1
-  if ARGV[7] == '1' then redis.call('HSET', KEYS[5], 'kept', '1') end
 else
-  redis.call('HDEL', KEYS[5], 'recoveries', 'kept')
+  redis.call('HDEL', KEYS[5], 'recoveries')
 end
 for d = 1, n_dead do
   redis.call('HSET', KEYS[6], ARGV[a], ARGV[a + 3])
@@ -128,19 +181,27 @@ return 1
 """
 
 # KEYS: lease, queue, inflight, parked, wakeups, kick, state
-# ARGV: token, shard, retry_in_ms (0: no retry pending; wake as soon as there is work)
+# ARGV: token, shard, retry_in_ms, wake_in_ms, clean (0/1)
+# With retry_in_ms the shard itself must wait (its batch failed): nothing of it is sent before.
+# With wake_in_ms it is only looked at again then (sending is blocked for everyone: when the block
+# lifts, every wake-up is pulled forward).  With neither, it is woken as soon as it has work.
+# A clean release marks records left in flight as kept on purpose; without the mark, the next
+# claim counts a recovery (the drainer died or failed), which is how poison records are found.
 RELEASE_LUA = f"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 {_NOW_MS}
 redis.call('DEL', KEYS[1])
+if ARGV[5] == '1' and redis.call('LLEN', KEYS[3]) > 0 then redis.call('HSET', KEYS[7], 'kept', '1') end
 local due = 0
-local retry_in = tonumber(ARGV[3])
+local retry_in, wake_in = tonumber(ARGV[3]), tonumber(ARGV[4])
 if retry_in > 0 then
   due = now + retry_in
   redis.call('HSET', KEYS[7], 'retry_at', due)
 else
   redis.call('HDEL', KEYS[7], 'retry_at')
-  if redis.call('LLEN', KEYS[2]) > 0 or redis.call('LLEN', KEYS[3]) > 0 then
+  if wake_in > 0 then
+    due = now + wake_in
+  elseif redis.call('LLEN', KEYS[2]) > 0 or redis.call('LLEN', KEYS[3]) > 0 then
     due = now
   else
     local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
@@ -154,6 +215,17 @@ end
 return 1
 """
 
+# KEYS: blocked, wakeups, kick.  A worker that starts may bring the fix for a configuration error:
+# probe at once, and look at every waiting shard now.
+PROBE_NOW_LUA = f"""
+{_NOW_MS}
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'next_probe_ms', 0)
+for _, shard in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do redis.call('ZADD', KEYS[2], 'XX', now, shard) end
+if redis.call('LLEN', KEYS[3]) == 0 then redis.call('RPUSH', KEYS[3], '1') end
+return 1
+"""
+
 
 @dataclass
 class Claim:
@@ -161,6 +233,19 @@ class Claim:
     recovered: bool
     recoveries: int
     parked_users: int
+    #: Sending is blocked by a configuration error: nothing was claimed; try again this much later.
+    blocked_wait_ms: int = 0
+    #: This claim is the probe of a blocked sender: its answer decides whether sending resumes.
+    probe: bool = False
+    #: A request size learned from a 413, smaller than the configured one (0: none learned).
+    max_request_bytes: int = 0
+
+
+@dataclass
+class Block:
+    newly_blocked: bool
+    probes: int
+    next_probe_in_ms: int
 
 
 @dataclass
@@ -186,11 +271,10 @@ class Settlement:
     delivered: int = 0
     requests: int = 0
     keep: list[bytes] = field(default_factory=list)
-    #: True when ``keep`` is left on purpose (waiting for a retry), so the next claim of it is not
-    #: counted as a recovery from a crash.
-    kept_on_purpose: bool = False
     dead: list[DeadLetter] = field(default_factory=list)
     parked: list[Parking] = field(default_factory=list)
+    #: A one-line description of what went wrong, shown by `status` as the last error.
+    error: str = ""
 
 
 class ShardStore:
@@ -203,6 +287,10 @@ class ShardStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._release = client.register_script(RELEASE_LUA)
+        self._block = client.register_script(BLOCK_LUA)
+        self._unblock = client.register_script(UNBLOCK_LUA)
+        self._lower_max_bytes = client.register_script(LOWER_MAX_BYTES_LUA)
+        self._probe_now = client.register_script(PROBE_NOW_LUA)
 
     def acquire(self, shard: int) -> str | None:
         """Take the shard's lease; None when another drainer holds it."""
@@ -217,8 +305,38 @@ class ShardStore:
 
     def claim(self, shard: int, token: str, max_entries: int) -> Claim:
         k = self.keys.shard(shard)
-        reply = self._run(self._claim, [k.lease, k.queue, k.inflight, k.state, k.parked], [token, max_entries], "claim")
-        return Claim(entries=reply[3:], recovered=reply[0] == 1, recoveries=int(reply[1]), parked_users=int(reply[2]))
+        keys = [k.lease, k.queue, k.inflight, k.state, k.parked, self.keys.blocked, self.keys.meta]
+        reply = self._run(self._claim, keys, [token, max_entries, self._ttl_ms], "claim")
+        return Claim(
+            entries=reply[6:], recovered=reply[0] == 1, recoveries=int(reply[1]), parked_users=int(reply[2]),
+            blocked_wait_ms=int(reply[3]), probe=reply[4] == 1, max_request_bytes=int(reply[5]),
+        )  # fmt: skip
+
+    def block(
+        self, reason: str, detail: str, status: int | None, *, base_s: float, cap_s: float, jitter: float
+    ) -> Block:
+        """Stop every worker from sending (a configuration error); returns when to probe again."""
+        args = [reason, detail, status or "", int(base_s * 1000), int(cap_s * 1000), jitter]
+        with store_errors("block sending"):
+            new, probes, delay = self._block(keys=[self.keys.blocked], args=args)
+        return Block(bool(new), int(probes), int(delay))
+
+    def unblock(self) -> int:
+        """Let every worker send again; how long sending was blocked (ms), or -1 if it was not."""
+        with store_errors("unblock sending"):
+            blocked_ms: int = self._unblock(keys=[self.keys.blocked, self.keys.wakeups, self.keys.kick])
+        return int(blocked_ms)
+
+    def probe_now(self) -> bool:
+        """If sending is blocked, probe at once (a worker starting may bring the fix)."""
+        with store_errors("probe now"):
+            return bool(self._probe_now(keys=[self.keys.blocked, self.keys.wakeups, self.keys.kick]))
+
+    def lower_max_request_bytes(self, limit: int) -> int:
+        """Lower the request size every worker uses (never raises it); returns the size in force."""
+        with store_errors("lower the request size"):
+            current: int = self._lower_max_bytes(keys=[self.keys.meta], args=[limit])
+        return int(current)
 
     def settle(self, shard: int, token: str, s: Settlement) -> None:
         k = self.keys.shard(shard)
@@ -227,8 +345,7 @@ class ShardStore:
             self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, k.parked,
         ]  # fmt: skip
         args: list[Any] = [
-            token, s.delivered, s.requests, len(s.keep), len(s.dead), len(s.parked),
-            "1" if s.kept_on_purpose else "0", *s.keep,
+            token, s.delivered, s.requests, len(s.keep), len(s.dead), len(s.parked), s.error, *s.keep,
         ]  # fmt: skip
         for d in s.dead:
             args += [d.id, d.failed_ms, d.reason, d.json]
@@ -237,13 +354,13 @@ class ShardStore:
             args += [p.user_key, p.hold_ms, p.reason, len(p.entries), *p.entries]
         self._run(self._settle, keys, args, "settle")
 
-    def release(self, shard: int, token: str, *, retry_in_ms: int = 0) -> None:
+    def release(self, shard: int, token: str, *, retry_in_ms: int = 0, wake_in_ms: int = 0, clean: bool = True) -> None:
         """Give the shard back.  With ``retry_in_ms`` the whole shard waits that long (Redis's clock);
         otherwise it is woken as soon as it has work, or when its first parked user is released."""
         k = self.keys.shard(shard)
         keys = [k.lease, k.queue, k.inflight, k.parked, self.keys.wakeups, self.keys.kick, k.state]
         with store_errors("release lease"):
-            self._release(keys=keys, args=[token, shard, retry_in_ms])
+            self._release(keys=keys, args=[token, shard, retry_in_ms, wake_in_ms, 1 if clean else 0])
 
     def parked_release_times(self, shard: int, user_keys: Sequence[str]) -> list[float | None]:
         with store_errors("read parked users"):

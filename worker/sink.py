@@ -8,7 +8,8 @@ about 1 us, see bench/) and with a body about 40% smaller, since JSON's quotes, 
 unescaped.
 
 ``HttpSink.post`` uses one keep-alive ``requests`` session per process, with connect and read
-timeouts, and translates requests' exceptions into SinkError's family.  It never raises on an HTTP
+timeouts, and translates requests' exceptions into SinkError's family.  It masks the API key in
+any error body before the body goes further (to logs, status or the dead-letter queue).  It never raises on an HTTP
 status: what a status means is for ``outcome.classify`` to decide.
 """
 
@@ -96,6 +97,8 @@ class HttpSink:
             raise SinkConnectionError(f"cannot reach {self.url}: {_reason(exc)}") from None
         except requests.RequestException as exc:
             raise SinkError(f"request to {self.url} failed: {type(exc).__name__}") from None
+        if not 200 <= response.status_code < 300:
+            content = self.redact(content)
         return HttpResult(
             status=response.status_code,
             headers={k.lower(): v for k, v in response.headers.items()},
@@ -103,6 +106,13 @@ class HttpSink:
             request_bytes=len(body),
             seconds=time.perf_counter() - started,
         )
+
+    def redact(self, text: bytes) -> bytes:
+        """The text with the API key masked: an error body may echo it ("Invalid API key: ...")."""
+        key = self._api_key.reveal().encode()
+        if key and key in text:
+            text = text.replace(key, b"***")
+        return text
 
     def close(self) -> None:
         self._session.close()

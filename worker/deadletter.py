@@ -1,0 +1,219 @@
+"""The dead-letter queue: records that cannot be delivered, each with the reason, and their replay.
+
+An entry keeps the identification exactly as it was enqueued, the reason (``invalid``,
+``too_large``, ``expired``, ``undecodable``, ``poison``), the HTTP status and a bounded excerpt of
+the response, the number of attempts, and the first-enqueued and failed-at times.  Never the API
+key (responses are redacted before they get here) and never the request body.
+
+Entries live in a hash (id -> JSON) with an index sorted by failure time, and are never trimmed or
+evicted.  ``replay`` moves entries back onto their user's shard and ``purge`` deletes them, each in
+Lua scripts of bounded size, so a crash between two scripts leaves every entry either still
+dead-lettered or queued again: never both, never neither.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis
+
+from producers import entry as entries
+from producers.config import QueueConfig
+from producers.entry import Entry
+from producers.errors import QueueFull, StoreError
+from producers.keys import Keys
+from producers.redis_conn import connect, store_errors
+from worker.shard_store import DeadLetter
+
+RESPONSE_EXCERPT_CHARS = 500
+REASONS = ("invalid", "too_large", "expired", "undecodable", "poison")
+
+
+def new_id(failed_ms: int) -> str:
+    """Ids sort by failure time, then at random."""
+    return f"{failed_ms:013d}-{secrets.token_hex(4)}"
+
+
+def dead_letter(
+    e: Entry, reason: str, failed_ms: int, *, detail: str = "", status: int | None = None, response: str = ""
+) -> DeadLetter:
+    """A dead-letter entry for a decoded queue entry; the record is embedded as it was enqueued."""
+    doc = {
+        "id": new_id(failed_ms),
+        "reason": reason,
+        "detail": detail,
+        "status": status,
+        "response": response[:RESPONSE_EXCERPT_CHARS],
+        "attempts": e.attempts,
+        "first_enqueued_ms": e.enqueued_ms,
+        "failed_at_ms": failed_ms,
+        "user_key": e.user_key,
+        "record": orjson.Fragment(e.data),
+    }
+    return DeadLetter(doc["id"], failed_ms, reason, orjson.dumps(doc))  # type: ignore[arg-type]
+
+
+def dead_letter_raw(raw: bytes, failed_ms: int, detail: str) -> DeadLetter:
+    """A dead-letter entry for a queue entry that cannot be decoded: its bytes, as text."""
+    doc = {
+        "id": new_id(failed_ms),
+        "reason": "undecodable",
+        "detail": detail,
+        "status": None,
+        "response": "",
+        "attempts": 0,
+        "first_enqueued_ms": None,
+        "failed_at_ms": failed_ms,
+        "user_key": None,
+        "record": None,
+        "raw": raw[:4096].decode("utf-8", "replace"),
+    }
+    return DeadLetter(str(doc["id"]), failed_ms, "undecodable", orjson.dumps(doc))
+
+
+# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, then one shard queue key per entry
+# ARGV: cap, then per entry: id, reason, shard, queue entry
+# Returns the number moved, or an error when the queue cap would be passed (nothing moved).
+REPLAY_LUA = """
+local n = (#ARGV - 1) / 4
+local total = tonumber(redis.call('GET', KEYS[4]) or '0')
+if total + n > tonumber(ARGV[1]) then
+  return redis.error_reply('QUEUE_FULL ' .. total)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local moved = 0
+for i = 0, n - 1 do
+  local id, reason, shard, raw = ARGV[2 + 4 * i], ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+  if redis.call('HDEL', KEYS[1], id) == 1 then
+    redis.call('ZREM', KEYS[2], id)
+    if redis.call('HINCRBY', KEYS[3], reason, -1) <= 0 then redis.call('HDEL', KEYS[3], reason) end
+    redis.call('RPUSH', KEYS[7 + i], raw)
+    redis.call('INCR', KEYS[4])
+    redis.call('ZADD', KEYS[5], 'LT', now, shard)
+    moved = moved + 1
+  end
+end
+if moved > 0 and redis.call('LLEN', KEYS[6]) == 0 then redis.call('RPUSH', KEYS[6], '1') end
+return moved
+"""
+
+# KEYS: dlq_entries, dlq_index, dlq_counts; ARGV: per entry: id, reason
+PURGE_LUA = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    if redis.call('HINCRBY', KEYS[3], ARGV[i + 1], -1) <= 0 then redis.call('HDEL', KEYS[3], ARGV[i + 1]) end
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries an operation applies to; all criteria must hold."""
+
+    reason: str | None = None
+    since_ms: int | None = None
+    ids: tuple[str, ...] = ()
+
+    def matches(self, doc: dict[str, Any]) -> bool:
+        return self.reason is None or doc.get("reason") == self.reason
+
+
+class DeadLetterQueue:
+    """List, show, export, replay and purge dead-lettered records (the `identify-queue dlq` commands)."""
+
+    def __init__(self, config: QueueConfig, client: redis.Redis | None = None, chunk: int = 500) -> None:
+        self.config = config
+        self.keys = Keys(config.namespace)
+        self._redis = client or connect(config.redis_url)
+        self._chunk = chunk
+        self._replay = self._redis.register_script(REPLAY_LUA)
+        self._purge = self._redis.register_script(PURGE_LUA)
+
+    def count(self) -> int:
+        with store_errors("count dead letters"):
+            return int(self._redis.hlen(self.keys.dlq_entries))
+
+    def show(self, entry_id: str) -> dict[str, Any] | None:
+        with store_errors("read dead letter"):
+            raw = self._redis.hget(self.keys.dlq_entries, entry_id)
+        return orjson.loads(raw) if raw else None
+
+    def entries(self, selection: Selection = Selection()) -> Iterator[dict[str, Any]]:
+        """Matching entries, oldest failure first, read a chunk at a time."""
+        if selection.ids:
+            for chunk_start in range(0, len(selection.ids), self._chunk):
+                ids = list(selection.ids[chunk_start : chunk_start + self._chunk])
+                yield from self._load(ids, selection)
+            return
+        low = selection.since_ms if selection.since_ms is not None else "-inf"
+        offset = 0
+        while True:
+            with store_errors("list dead letters"):
+                found = cast(
+                    list[bytes],
+                    self._redis.zrangebyscore(self.keys.dlq_index, low, "+inf", start=offset, num=self._chunk),
+                )
+            if not found:
+                return
+            offset += len(found)
+            yield from self._load([i.decode() for i in found], selection)
+
+    def _load(self, ids: list[str], selection: Selection) -> Iterator[dict[str, Any]]:
+        with store_errors("read dead letters"):
+            raws = self._redis.hmget(self.keys.dlq_entries, ids)
+        for raw in raws:
+            if raw is None:
+                continue
+            doc = orjson.loads(raw)
+            if selection.matches(doc) and (selection.since_ms is None or doc["failed_at_ms"] >= selection.since_ms):
+                yield doc
+
+    def replay(self, selection: Selection) -> int:
+        """Put matching entries back on their user's shard (at its end), atomically per chunk."""
+        moved = 0
+        # Materialise the ids first: replaying while iterating the index would shift its offsets.
+        docs = [d for d in self.entries(selection) if d.get("record") is not None]
+        for start in range(0, len(docs), self._chunk):
+            moved += self._replay_chunk(docs[start : start + self._chunk])
+        return moved
+
+    def _replay_chunk(self, docs: Sequence[dict[str, Any]]) -> int:
+        keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, self.keys.total,
+                self.keys.wakeups, self.keys.kick]  # fmt: skip
+        args: list[Any] = [self.config.max_queued]
+        for doc in docs:
+            shard = entries.shard_of(doc["user_key"], self.config.shards)
+            raw = entries.encode(doc["user_key"], orjson.dumps(doc["record"]), doc["first_enqueued_ms"])
+            keys.append(self.keys.shard(shard).queue)
+            args += [doc["id"], doc["reason"], shard, raw]
+        try:
+            with store_errors("replay dead letters"):
+                return int(self._replay(keys=keys, args=args))
+        except StoreError as exc:
+            if "QUEUE_FULL" in str(exc):
+                queued = int(str(exc).rsplit(" ", 1)[-1].rstrip(")"))
+                raise QueueFull(queued, self.config.max_queued) from None
+            raise
+
+    def purge(self, selection: Selection) -> int:
+        removed = 0
+        docs = list(self.entries(selection))
+        for start in range(0, len(docs), self._chunk):
+            args: list[Any] = []
+            for doc in docs[start : start + self._chunk]:
+                args += [doc["id"], doc["reason"]]
+            with store_errors("purge dead letters"):
+                removed += int(
+                    self._purge(keys=[self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts], args=args)
+                )
+        return removed
