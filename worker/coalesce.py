@@ -109,8 +109,8 @@ def merge(a: dict[str, Any], b: dict[str, Any], max_record_bytes: int = 64 * 102
     if props_a is None or props_b is None:
         return None
     merged_ops = dict(props_a)
-    for name, op in props_b.items():
-        combined = compose(merged_ops[name], op) if name in merged_ops else op
+    for name, later in props_b.items():
+        combined = compose(merged_ops[name], later) if name in merged_ops else later
         if combined is None:
             return None
         merged_ops[name] = combined
