@@ -24,6 +24,7 @@ Per shard ``{sN}``
     state          HASH   retry time, recovery count, parked counts
     parked         ZSET   user -> release time (ms) of a user whose records wait (429 hold, budget)
     parked:<user>  LIST   that user's waiting entries, in order
+    parked_why     HASH   user -> why it waits: held (429) or deferred (hourly budget)
     budget:<slot>  HASH   user -> identifications sent in that ten-minute slot
 """
 
@@ -40,10 +41,16 @@ class ShardKeys:
     lease: str
     state: str
     parked: str
+    parked_why: str
     _prefix: str
 
+    @property
+    def parked_user_prefix(self) -> str:
+        """``parked_user(u)`` is this prefix followed by ``u``: the claim script releases users by it."""
+        return f"{self._prefix}:parked:"
+
     def parked_user(self, user_key: str) -> str:
-        return f"{self._prefix}:parked:{user_key}"
+        return f"{self.parked_user_prefix}{user_key}"
 
     def budget(self, slot: int) -> str:
         return f"{self._prefix}:budget:{slot}"
@@ -101,6 +108,7 @@ class Keys:
             lease=f"{prefix}:lease",
             state=f"{prefix}:state",
             parked=f"{prefix}:parked",
+            parked_why=f"{prefix}:parked_why",
             _prefix=prefix,
         )
 

@@ -18,8 +18,10 @@ from celery.signals import after_setup_logger, worker_process_init
 
 from producers.keys import Keys
 from producers.redis_conn import connect
+from worker.budget import BudgetStore
 from worker.dispatcher import Dispatcher
 from worker.drain import Drainer
+from worker.ratelimit import RateLimiter
 from worker.settings import Settings
 from worker.shard_store import ShardStore
 from worker.sink import HttpSink
@@ -74,8 +76,20 @@ def process_drainer(settings: Settings) -> Drainer:
             connect_timeout_s=settings.connect_timeout_s,
             request_timeout_s=settings.request_timeout_s,
         )
-        store = ShardStore(client, Keys(settings.queue.namespace), settings.lease_ttl_s)
-        drainer = _process["drainer"] = Drainer(settings, store, sink, should_stop=_stopping.is_set)
+        keys = Keys(settings.queue.namespace)
+        store = ShardStore(client, keys, settings.lease_ttl_s)
+        limiter = RateLimiter(
+            client, keys, requests_per_s=settings.rate_limit_rps, records_per_s=settings.rate_limit_records_per_s,
+            max_batch=settings.effective_batch_size,
+        )  # fmt: skip
+        budget = (
+            BudgetStore(client, settings.user_updates_per_hour, settings.budget_window_s)
+            if settings.user_updates_per_hour
+            else None
+        )
+        drainer = _process["drainer"] = Drainer(
+            settings, store, sink, limiter=limiter, budget=budget, should_stop=_stopping.is_set
+        )
         # Celery, kombu and our setup are long-lived; every drain allocates thousands of short-lived
         # objects, and each older-generation collection would scan them all again.  Freezing what
         # exists now cut the worker's CPU per record by a fifth (bench/results/throughput.md).

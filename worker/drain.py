@@ -14,6 +14,14 @@ batch that must be retried holds back everything behind it in that shard (other 
                       probe with backoff, resume on the first answer that is not a config error
     retry (5xx ...)   the shard backs off (capped, jittered); records past the maximum age or
                       number of attempts are dead-lettered as `expired`
+    throttled (429)   the users it names (or, naming none, every user of the batch) are held for
+                      the pause Amplitude asks for; their later records wait behind them, in order;
+                      everybody else's are resent at once
+
+Before sending, a claim's records of users already held wait behind them; one user's consecutive
+updates are merged when that is exact (worker/coalesce.py); updates past a user's hourly budget
+are deferred (worker/budget.py); and every request waits for its turn under the global rate limit
+(worker/ratelimit.py).
 
 A batch whose drain keeps dying (the next owner finds it in flight with no clean release) is sent
 one record at a time, and if that keeps dying too, its first record is dead-lettered as `poison`.
@@ -29,15 +37,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import orjson
+
 from producers import entry
 from producers.entry import Entry
 from producers.errors import InvalidRecord, LeaseLost, SinkError
 from worker import batcher
 from worker.backoff import retry_delay_s
+from worker.budget import BudgetStore
+from worker.coalesce import coalesce
 from worker.deadletter import dead_letter, dead_letter_raw
 from worker.outcome import Outcome, Verdict, classify, classify_error
+from worker.ratelimit import RateLimiter
 from worker.settings import Settings
-from worker.shard_store import Claim, DeadLetter, Settlement, ShardStore
+from worker.shard_store import Claim, DeadLetter, Parking, Settlement, ShardStore
 from worker.sink import HttpSink, batch_json
 
 log = logging.getLogger("identify_queue.drain")
@@ -54,10 +67,14 @@ class Pause(NamedTuple):
 
 
 class Item(NamedTuple):
-    """One identification of a request, and the queue entries it carries."""
+    """One identification of a request, and the queue entries it carries (several when merged)."""
 
     data: bytes
     entries: tuple[Entry, ...]
+
+    @property
+    def user_key(self) -> str:
+        return self.entries[0].user_key
 
 
 @dataclass
@@ -76,11 +93,14 @@ class Work:
 
 class Drainer:
     def __init__(
-        self, settings: Settings, store: ShardStore, sink: HttpSink, should_stop: Callable[[], bool] = lambda: False
-    ) -> None:
+        self, settings: Settings, store: ShardStore, sink: HttpSink, *, limiter: RateLimiter,
+        budget: BudgetStore | None, should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
         self.sink = sink
+        self.limiter = limiter
+        self.budget = budget
         self._should_stop = should_stop
         # The body overhead besides the records: `api_key=...&identification=`.
         self._overhead = len(sink.body(b""))
@@ -129,13 +149,21 @@ class Drainer:
             detail = f"the drain died {claim.recoveries} times with this record first in flight"
             dead.append(dead_letter(culprit, "poison", now, detail=detail))
             log.error("shard %d: dead-lettered a poison record of %s: %s", shard, culprit.user_key, detail)
-        if dead:
-            self.store.settle(shard, token, Settlement(dead=dead, keep=[e.raw for e in decoded]))
+        parked = self._behind_holds(shard, decoded) if claim.parked_users else []
+        if parked:
+            waiting = {p.user_key for p in parked}
+            decoded = [e for e in decoded if e.user_key not in waiting]
+        items = self._items(decoded)
+        if self.budget is not None and items:
+            items, deferred = self._within_budget(shard, items)
+            parked += deferred
+        if dead or parked:
+            self.store.settle(shard, token, Settlement(dead=dead, parked=parked, keep=_raw(items)))
         max_bytes = self.settings.batch_max_bytes
         if claim.max_request_bytes:
             max_bytes = min(max_bytes, claim.max_request_bytes)
         work = Work(
-            pending=[Item(e.data, (e,)) for e in decoded],
+            pending=items,
             max_bytes=max_bytes,
             careful=claim.recoveries >= self.settings.poison_after,
             probe=claim.probe,
@@ -163,11 +191,72 @@ class Drainer:
                 log.error("dead-lettered an undecodable queue entry: %r", raw[:80])
         return decoded, dead
 
+    def _behind_holds(self, shard: int, decoded: list[Entry]) -> list[Parking]:
+        """The claimed records of users still held: they wait behind that user's held ones."""
+        users = list(dict.fromkeys(e.user_key for e in decoded))
+        scores = self.store.parked_release_times(shard, users)
+        waiting = {u for u, score in zip(users, scores, strict=True) if score is not None}
+        by_user: dict[str, list[bytes]] = {}
+        for e in decoded:
+            if e.user_key in waiting:
+                by_user.setdefault(e.user_key, []).append(e.raw)
+        # hold 0 and no reason: the user's release time and reason stay as they are
+        return [Parking(user, 0, "", raws) for user, raws in by_user.items()]
+
+    def _items(self, decoded: list[Entry]) -> list[Item]:
+        """One item per entry, or, merging, one per run of a user's updates that merge exactly."""
+        if not self.settings.coalesce:
+            return [Item(e.data, (e,)) for e in decoded]
+        by_user: dict[str, list[Entry]] = {}
+        for e in decoded:
+            by_user.setdefault(e.user_key, []).append(e)
+        items: list[Item] = []
+        for entries in by_user.values():
+            if len(entries) == 1:
+                items.append(Item(entries[0].data, (entries[0],)))
+                continue
+            try:
+                records = [orjson.loads(e.data) for e in entries]
+            except orjson.JSONDecodeError:
+                items += [Item(e.data, (e,)) for e in entries]  # not ours to judge here: sent as is
+                continue
+            start = 0
+            for record, count in coalesce(records, self.settings.queue.max_record_bytes):
+                covered = tuple(entries[start : start + count])
+                data = covered[0].data if count == 1 else orjson.dumps(record)
+                items.append(Item(data, covered))
+                start += count
+        return items
+
+    def _within_budget(self, shard: int, items: list[Item]) -> tuple[list[Item], list[Parking]]:
+        """Defer, in order, each user's identifications past its hourly budget."""
+        assert self.budget is not None
+        wanted: dict[str, int] = {}
+        for item in items:
+            wanted[item.user_key] = wanted.get(item.user_key, 0) + 1
+        allowances = self.budget.allowances(self.store.shard_keys(shard), wanted)
+        if all(a.wait_ms == 0 for a in allowances.values()):
+            return items, []
+        keep: list[Item] = []
+        deferred: dict[str, list[bytes]] = {}
+        sent: dict[str, int] = {}
+        for item in items:
+            user = item.user_key
+            if sent.get(user, 0) < allowances[user].allowed and user not in deferred:
+                sent[user] = sent.get(user, 0) + 1
+                keep.append(item)
+            else:
+                deferred.setdefault(user, []).extend(e.raw for e in item.entries)
+        for user, raws in deferred.items():
+            log.info("shard %d: %s is past its budget of %d an hour; %d update(s) wait %.0f s", shard, user,
+                     self.settings.user_updates_per_hour, len(raws), allowances[user].wait_ms / 1000)  # fmt: skip
+        return keep, [Parking(u, allowances[u].wait_ms, "deferred", raws) for u, raws in deferred.items()]
+
     def _next_batch(self, work: Work) -> int:
         if work.careful:
             return 1
         budget = work.max_bytes - self._overhead
-        n = batcher.take([len(i.data) for i in work.pending], self.settings.batch_size, budget)
+        n = batcher.take([len(i.data) for i in work.pending], self.settings.effective_batch_size, budget)
         if work.splits:
             cap = work.splits.pop(0)
             if n < cap:
@@ -177,6 +266,7 @@ class Drainer:
 
     def _send(self, shard: int, token: str, batch: list[Item]) -> tuple[Outcome, int]:
         body = self.sink.body(batch_json([i.data for i in batch]))
+        self.limiter.acquire(len(batch))
         self.store.renew(shard, token)
         try:
             result = self.sink.post(body)
@@ -190,10 +280,10 @@ class Drainer:
     ) -> Pause | None:
         verdict = outcome.verdict
         if verdict is Verdict.ACCEPTED:
-            self._unnamed_run = 0
-            work.pending = work.pending[len(batch) :]
-            delivered = sum(len(i.entries) for i in batch)
-            self.store.settle(shard, token, Settlement(delivered=delivered, requests=1, keep=_raw(work.pending)))
+            self._accepted(shard, token, work, batch)
+            return None
+        if verdict is Verdict.THROTTLED:
+            self._throttled(shard, token, work, batch, outcome)
             return None
         if verdict is Verdict.INVALID:
             self._invalid(shard, token, work, batch, outcome)
@@ -207,15 +297,48 @@ class Drainer:
             return self._config_error(shard, token, work, outcome)
         return self._retry_later(shard, token, work, batch, outcome)
 
+    def _accepted(self, shard: int, token: str, work: Work, batch: list[Item]) -> None:
+        self._unnamed_run = 0
+        work.pending = work.pending[len(batch) :]
+        settlement = Settlement(delivered=sum(len(i.entries) for i in batch), requests=1, keep=_raw(work.pending))
+        if self.budget is not None:
+            for item in batch:
+                settlement.budget[item.user_key] = settlement.budget.get(item.user_key, 0) + 1
+            settlement.budget_key = self.store.shard_keys(shard).budget(self.budget.slot(entry.now_ms()))
+            settlement.budget_ttl_ms = self.budget.ttl_ms
+        self.store.settle(shard, token, settlement)
+
+    def _throttled(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
+        """Hold the users Amplitude throttles (all of the batch's if it names none); resend the rest."""
+        held = throttled_users(outcome, batch)
+        pause_ms = int(max(self.settings.throttle_pause_s, outcome.retry_after_s or 0) * 1000)
+        waiting: dict[str, list[bytes]] = {}
+        others: list[Item] = []
+        for item in work.pending:
+            if item.user_key in held:
+                waiting.setdefault(item.user_key, []).extend(e.raw for e in item.entries)
+            else:
+                others.append(item)
+        work.pending = others
+        parked = [Parking(user, pause_ms, "held", raws) for user, raws in waiting.items()]
+        error = f"HTTP 429: {len(held)} user(s) held for {pause_ms / 1000:g} s"
+        self.store.settle(shard, token, Settlement(requests=1, parked=parked, keep=_raw(others), error=error))
+        log.info("shard %d: %s; %d other record(s) go on", shard, error, len(_raw(others)))
+
     def _invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
         now = entry.now_ms()
+        refused = [batch[i] for i in sorted(outcome.invalid)]
+        # A merged item refused is split back into its updates (each may be fine on its own);
+        # only an update refused on its own is dead-lettered.
         dead = [
-            dead_letter(e, "invalid", now, detail=outcome.invalid[i], status=outcome.status, response=outcome.excerpt)
-            for i in sorted(outcome.invalid)
-            for e in batch[i].entries
-        ]
+            dead_letter(item.entries[0], "invalid", now, detail=outcome.invalid[i], status=outcome.status,
+                        response=outcome.excerpt)
+            for i, item in zip(sorted(outcome.invalid), refused, strict=True)
+            if len(item.entries) == 1
+        ]  # fmt: skip
+        unmerged = [Item(e.data, (e,)) for item in refused if len(item.entries) > 1 for e in item.entries]
         good = [item for i, item in enumerate(batch) if i not in outcome.invalid]
-        work.pending = good + work.pending[len(batch) :]
+        work.pending = unmerged + good + work.pending[len(batch) :]
         error = f"{len(dead)} record(s) refused as invalid: {outcome.detail}"
         self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
         log.warning("shard %d: %s; resending the other %d", shard, error, len(good))
@@ -314,3 +437,19 @@ class Drainer:
 
 def _raw(items: list[Item]) -> list[bytes]:
     return [e.raw for i in items for e in i.entries]
+
+
+def throttled_users(outcome: Outcome, batch: list[Item]) -> set[str]:
+    """Whom a 429 holds: the users, devices and records it names, or, naming none, everyone.
+
+    Keys are the queue's user keys (``u:<user_id>`` or ``d:<device_id>``).  A device named for a
+    record that has a user_id holds that record's user.
+    """
+    held = {f"u:{u}" for u in outcome.throttled_users} | {f"d:{d}" for d in outcome.throttled_devices}
+    held |= {batch[i].user_key for i in outcome.throttled_indices}
+    for device in outcome.throttled_devices:
+        needle = b'"device_id":' + orjson.dumps(device)
+        held |= {item.user_key for item in batch if needle in item.data}
+    if not (outcome.throttled_users or outcome.throttled_devices or outcome.throttled_indices):
+        held = {item.user_key for item in batch}
+    return held

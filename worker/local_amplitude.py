@@ -17,6 +17,7 @@ It can be told to misbehave, so the worker's remedies can be tested against real
     GET  /_stats     counts, statuses, accepted records, requests received and in progress
     GET  /_accepted?since=N&limit=M   accepted identifications (JSON Lines), in arrival order
     GET  /_requests  one line per request: time, status, records, bytes
+    GET  /_arrivals  [time received, user] per accepted record, in arrival order
     GET  /_users/ID  the user's properties as Amplitude would hold them
 """
 
@@ -82,9 +83,10 @@ class LocalAmplitude:
         # Records are split out (and users' states replayed) only when a test asks: the hot path
         # then costs what Amplitude's would, and 200,000 retained small objects do not fragment
         # the heap (that made the server three times slower by the end of a benchmark).
-        self.batches: list[tuple[bytes, int]] = []
+        self.batches: list[tuple[bytes, int, float]] = []
         self.accepted_count = 0
         self._split: list[bytes] = []
+        self._split_times: list[float] = []
         self._split_batches = 0
         self.requests: list[tuple[float, int, int, int]] = []
         self.statuses: Counter[int] = Counter()
@@ -111,6 +113,8 @@ class LocalAmplitude:
                 query = parse_qs(environ.get("QUERY_STRING", ""))
                 status, body = 200, self.accepted_lines(int(query.get("since", ["0"])[0]),
                                                          int(query.get("limit", ["1000000"])[0]))  # fmt: skip
+            elif path == "/_arrivals":
+                status, body = 200, orjson.dumps(self.arrivals())
             elif path == "/_requests":
                 with self._lock:
                     status, body = 200, orjson.dumps(self.requests)
@@ -152,7 +156,9 @@ class LocalAmplitude:
         if faults.delay_s:
             time.sleep(faults.delay_s)  # the fault being simulated is a slow server
         with self._serial:
-            status, body, count = self._answer(raw, content_type, faults, forced, failed)
+            status, body, count = self._answer(
+                raw, content_type, faults, forced=forced, failed=failed, received=received
+            )
         with self._lock:
             self.requests.append((received, status, count, len(raw)))
             self.statuses[status] += 1
@@ -162,7 +168,7 @@ class LocalAmplitude:
         return any(user in raw for user in self.faults.hang_users)
 
     def _answer(
-        self, raw: bytes, content_type: str, faults: Faults, forced: int | None, failed: bool
+        self, raw: bytes, content_type: str, faults: Faults, *, forced: int | None, failed: bool, received: float
     ) -> tuple[int, bytes, int]:
         if forced is not None and forced != 200:
             return forced, orjson.dumps({"code": forced, "error": "forced by /_control"}), 0
@@ -184,7 +190,7 @@ class LocalAmplitude:
         throttled = self._throttled(items, faults)
         if throttled is not None:
             return 429, throttled, len(items)
-        return self._accept(items, identification, faults)
+        return self._accept(items, identification, faults, received)
 
     def _throttled(self, items: list[Any], faults: Faults) -> bytes | None:
         now = time.monotonic()
@@ -206,7 +212,9 @@ class LocalAmplitude:
             doc.update(eps_threshold=10, throttled_users=users, throttled_events=indices)
         return orjson.dumps(doc)
 
-    def _accept(self, items: list[Any], identification: bytes, faults: Faults) -> tuple[int, bytes, int]:
+    def _accept(
+        self, items: list[Any], identification: bytes, faults: Faults, received: float
+    ) -> tuple[int, bytes, int]:
         invalid: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             try:
@@ -221,7 +229,7 @@ class LocalAmplitude:
                 doc["events_with_invalid_fields"] = invalid
             return 400, orjson.dumps(doc), len(items)
         with self._lock:
-            self.batches.append((identification, len(items)))
+            self.batches.append((identification, len(items), received))
             self.accepted_count += len(items)
         body = {"code": 200, "events_ingested": len(items), "payload_size_bytes": len(identification),
                 "server_upload_time": int(time.time() * 1000)}  # fmt: skip
@@ -256,9 +264,21 @@ class LocalAmplitude:
         with self._lock:
             pending = self.batches[self._split_batches :]
             self._split_batches = len(self.batches)
-            for text, _ in pending:
+            for text, count, received in pending:
                 self._split.extend(orjson.dumps(item) for item in orjson.loads(text))
+                self._split_times.extend([received] * count)
             return self._split
+
+    def arrivals(self) -> list[tuple[float, str]]:
+        """(time received, user_id or device_id) of every accepted record, in arrival order."""
+        records = self._records()
+        with self._lock:
+            times = list(self._split_times)
+        out = []
+        for t, raw in zip(times, records, strict=True):
+            record = orjson.loads(raw)
+            out.append((t, str(record.get("user_id") or record.get("device_id"))))
+        return out
 
     def user_state(self, user: str) -> dict[str, Any] | None:
         """The user's properties as Amplitude would hold them: every accepted update, replayed."""

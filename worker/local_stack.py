@@ -98,6 +98,11 @@ class LocalAmplitudeProcess:
         response.raise_for_status()
         return [orjson.loads(line) for line in response.content.splitlines() if line]
 
+    def arrivals(self) -> list[tuple[float, str]]:
+        response = requests.get(self.base_url + "/_arrivals", timeout=30)
+        response.raise_for_status()
+        return [(float(t), str(u)) for t, u in response.json()]
+
     def requests_log(self) -> list[tuple[float, int, int, int]]:
         response = requests.get(self.base_url + "/_requests", timeout=30)
         response.raise_for_status()

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from producers.config import QueueConfig, env_choice, env_float, env_int, env_str
+from producers.config import (
+    QueueConfig,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_optional_float,
+    env_str,
+)
 from producers.errors import ConfigError
 
 US_IDENTIFY_URL = "https://api2.amplitude.com/identify"
@@ -79,6 +87,17 @@ class Settings:
     #: Consecutive single records refused with a 400 that names none, before that is taken as a
     #: request-level problem (sending blocks) rather than bad records (dead-lettered).
     unnamed_refusals_before_block: int = 10
+    #: A user Amplitude throttles (429) waits at least this long; Amplitude asks for 15 s.
+    throttle_pause_s: float = 15.0
+    #: Limits shared by every worker on every machine; None: unlimited.
+    rate_limit_rps: float | None = None
+    rate_limit_records_per_s: float | None = None
+    #: Amplitude drops a user's property updates beyond 1,800 an hour; 0 turns the guard off.
+    user_updates_per_hour: int = 1800
+    #: The window that budget applies to (an hour at Amplitude; shorter for tests).
+    budget_window_s: float = 3600.0
+    #: Merge one user's consecutive updates within a claim when the result is exactly the same.
+    coalesce: bool = True
     #: Celery worker processes on this machine.
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: Plain text for people, or one JSON object per line for log pipelines.
@@ -119,10 +138,23 @@ class Settings:
             retry_max_attempts=env_int(env, "IDENTIFY_RETRY_MAX_ATTEMPTS", cls.retry_max_attempts, 1, 10**9),
             probe_cap_s=env_float(env, "IDENTIFY_PROBE_CAP_S", cls.probe_cap_s, 0.01, 86_400.0),
             poison_after=env_int(env, "IDENTIFY_POISON_AFTER", cls.poison_after, 1, 1000),
+            throttle_pause_s=env_float(env, "IDENTIFY_THROTTLE_PAUSE_S", cls.throttle_pause_s, 0.01, 3600.0),
+            rate_limit_rps=env_optional_float(env, "IDENTIFY_RATE_LIMIT_RPS", 0.001, 1e6),
+            rate_limit_records_per_s=env_optional_float(env, "IDENTIFY_RATE_LIMIT_RECORDS_PER_S", 0.001, 1e9),
+            user_updates_per_hour=env_int(env, "IDENTIFY_USER_UPDATES_PER_HOUR", cls.user_updates_per_hour, 0, 10**9),
+            budget_window_s=env_float(env, "IDENTIFY_BUDGET_WINDOW_S", cls.budget_window_s, 0.06, 86_400.0),
+            coalesce=env_bool(env, "IDENTIFY_COALESCE", cls.coalesce),
             concurrency=env_int(env, "IDENTIFY_WORKER_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", cls.log_format, ("text", "json")),
             log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
         )
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Records per request: one second's worth at most under a records-per-second limit."""
+        if self.rate_limit_records_per_s:
+            return max(1, min(self.batch_size, int(self.rate_limit_records_per_s)))
+        return self.batch_size
 
     def require_api_key(self) -> Secret:
         if self.api_key is None:

@@ -28,6 +28,9 @@ from producers.errors import LeaseLost, StoreError
 from producers.keys import Keys, ShardKeys
 from producers.redis_conn import store_errors
 
+#: Users whose hold ended, released by one claim (their entries all go into that claim).
+RELEASED_USERS_PER_CLAIM = 100
+
 _NOW_MS = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 _FENCE = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end"
 
@@ -47,19 +50,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: lease, queue, inflight, state, parked, blocked, meta
-# ARGV: token, max entries, probe hold ms
-# Returns {recovered (0/1), recoveries, parked users, blocked wait ms, probe (0/1), learned max
-# request bytes (0: none), entries...}.  While sending is blocked (a configuration error), nothing
-# is claimed until the next probe is due; the first claim after that is the probe, and pushes the
-# next probe back by `probe hold` so that one request probes at a time.
+# KEYS: lease, queue, inflight, state, parked, blocked, meta, parked_why
+# ARGV: token, max entries, probe hold ms, parked-list key prefix, max users released per claim
+# Returns {recovered (0/1), recoveries, users still parked, blocked wait ms, probe (0/1), learned
+# max request bytes (0: none), entries...}.
+# Users whose hold has ended are released first: all of their waiting entries move into inflight
+# ahead of anything from the queue, since they are older than that user's queued ones.
+# While sending is blocked (a configuration error), nothing is claimed until the next probe is
+# due; the first claim after that is the probe, and pushes the next probe back by `probe hold`, so
+# that one request probes at a time.
 CLAIM_LUA = f"""
 {_FENCE}
 {_NOW_MS}
 local learned = tonumber(redis.call('HGET', KEYS[7], 'max_request_bytes') or '0')
 local parked = redis.call('ZCARD', KEYS[5])
 local in_flight = redis.call('LLEN', KEYS[3])
-if in_flight == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+local due_users = {{}}
+if parked > 0 then
+  due_users = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+end
+if in_flight == 0 and #due_users == 0 and redis.call('LLEN', KEYS[2]) == 0 then
   return {{0, 0, parked, 0, 0, learned}}
 end
 local probe = 0
@@ -83,11 +93,29 @@ if in_flight > 0 then
   for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = e end
   return out
 end
-local items = redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-redis.call('LTRIM', KEYS[2], #items, -1)
-redis.call('RPUSH', KEYS[3], unpack(items))
-local out = {{0, 0, parked, 0, probe, learned}}
-for _, e in ipairs(items) do out[#out + 1] = e end
+local out = {{0, 0, 0, 0, probe, learned}}
+local taken = 0
+for _, user in ipairs(due_users) do
+  local key = ARGV[4] .. user
+  for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    redis.call('RPUSH', KEYS[3], e)
+    out[#out + 1] = e
+    taken = taken + 1
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[5], user)
+  redis.call('HDEL', KEYS[8], user)
+end
+out[3] = redis.call('ZCARD', KEYS[5])
+local room = tonumber(ARGV[2]) - taken
+if room > 0 then
+  local items = redis.call('LRANGE', KEYS[2], 0, room - 1)
+  if #items > 0 then
+    redis.call('LTRIM', KEYS[2], #items, -1)
+    redis.call('RPUSH', KEYS[3], unpack(items))
+    for _, e in ipairs(items) do out[#out + 1] = e end
+  end
+end
 return out
 """
 
@@ -127,50 +155,61 @@ end
 return current
 """
 
-# KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked,
-#       then one parked-list key per parked user (in ARGV order)
-# ARGV: token, delivered, requests, n_keep, n_dead, n_park_users, last error ('' for none),
-#       keep entries..., dead (id, failed_ms, reason, json) x n_dead...,
-#       per parked user: user key, hold_ms (from now, Redis's clock), reason, n, entries...
+# KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked, parked_why,
+#       budget slot, then one parked-list key per parked user (in ARGV order)
+# ARGV: token, delivered, requests, last error ('' for none), budget ttl ms,
+#       n_keep, keep entries...,
+#       n_dead, dead (id, failed_ms, reason, json) x n_dead,
+#       n_park, per parked user: user key, hold ms (from now, Redis's clock), reason ('': unchanged),
+#               n, entries...,
+#       n_budget, (user key, identifications sent) x n_budget
 SETTLE_LUA = f"""
 {_FENCE}
 {_NOW_MS}
 local delivered, reqs = tonumber(ARGV[2]), tonumber(ARGV[3])
-local n_keep, n_dead, n_park = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], 'last_error', ARGV[7], 'last_error_ms', now) end
-local a = 8
-redis.call('DEL', KEYS[2])
-if n_keep > 0 then
-  local i = a
-  local last = a + n_keep - 1
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'last_error', ARGV[4], 'last_error_ms', now) end
+local a = 6
+local function take_list(key)
+  -- RPUSH the next n arguments onto key, in slices (Lua's C stack takes a few thousand values)
+  local n = tonumber(ARGV[a])
+  local i, last = a + 1, a + n
   while i <= last do
     local j = math.min(i + 999, last)
-    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
+    redis.call('RPUSH', key, unpack(ARGV, i, j))
     i = j + 1
   end
   a = last + 1
-else
-  redis.call('HDEL', KEYS[5], 'recoveries')
+  return n
 end
+redis.call('DEL', KEYS[2])
+if take_list(KEYS[2]) == 0 then redis.call('HDEL', KEYS[5], 'recoveries') end
+local n_dead = tonumber(ARGV[a])
+a = a + 1
 for d = 1, n_dead do
   redis.call('HSET', KEYS[6], ARGV[a], ARGV[a + 3])
   redis.call('ZADD', KEYS[7], ARGV[a + 1], ARGV[a])
   redis.call('HINCRBY', KEYS[8], ARGV[a + 2], 1)
   a = a + 4
 end
+local n_park = tonumber(ARGV[a])
+a = a + 1
 for p = 1, n_park do
-  local user, release, reason, n = ARGV[a], now + tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])
-  local key = KEYS[9 + p]
-  redis.call('RPUSH', key, unpack(ARGV, a + 4, a + 3 + n))
+  local user, release, reason = ARGV[a], now + tonumber(ARGV[a + 1]), ARGV[a + 2]
+  a = a + 3
+  take_list(KEYS[11 + p])
   -- GT: a new hold may extend a user's wait, never shorten it (it also adds a new user)
   redis.call('ZADD', KEYS[9], 'GT', release, user)
-  redis.call('HINCRBY', KEYS[5], 'parked_' .. reason, n)
-  a = a + 4 + n
+  if reason ~= '' then redis.call('HSET', KEYS[10], user, reason) end
 end
+local n_budget = tonumber(ARGV[a])
+a = a + 1
+for b = 1, n_budget do
+  redis.call('HINCRBY', KEYS[11], ARGV[a], ARGV[a + 1])
+  a = a + 2
+end
+if n_budget > 0 then redis.call('PEXPIRE', KEYS[11], ARGV[5]) end
 local done = delivered + n_dead
-if done > 0 then
-  redis.call('DECRBY', KEYS[3], done)
-end
+if done > 0 then redis.call('DECRBY', KEYS[3], done) end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
   redis.call('HSET', KEYS[4], 'last_delivery_ms', now)
@@ -179,6 +218,7 @@ if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_lettered', n_dead) end
 if reqs > 0 then redis.call('HINCRBY', KEYS[4], 'requests', reqs) end
 return 1
 """
+
 
 # KEYS: lease, queue, inflight, parked, wakeups, kick, state
 # ARGV: token, shard, retry_in_ms, wake_in_ms, clean (0/1)
@@ -275,6 +315,10 @@ class Settlement:
     parked: list[Parking] = field(default_factory=list)
     #: A one-line description of what went wrong, shown by `status` as the last error.
     error: str = ""
+    #: Identifications sent per user, counted against the hourly budget in ``budget_key``.
+    budget: dict[str, int] = field(default_factory=dict)
+    budget_key: str = ""
+    budget_ttl_ms: int = 0
 
 
 class ShardStore:
@@ -305,8 +349,9 @@ class ShardStore:
 
     def claim(self, shard: int, token: str, max_entries: int) -> Claim:
         k = self.keys.shard(shard)
-        keys = [k.lease, k.queue, k.inflight, k.state, k.parked, self.keys.blocked, self.keys.meta]
-        reply = self._run(self._claim, keys, [token, max_entries, self._ttl_ms], "claim")
+        keys = [k.lease, k.queue, k.inflight, k.state, k.parked, self.keys.blocked, self.keys.meta, k.parked_why]
+        args = [token, max_entries, self._ttl_ms, k.parked_user_prefix, RELEASED_USERS_PER_CLAIM]
+        reply = self._run(self._claim, keys, args, "claim")
         return Claim(
             entries=reply[6:], recovered=reply[0] == 1, recoveries=int(reply[1]), parked_users=int(reply[2]),
             blocked_wait_ms=int(reply[3]), probe=reply[4] == 1, max_request_bytes=int(reply[5]),
@@ -341,17 +386,20 @@ class ShardStore:
     def settle(self, shard: int, token: str, s: Settlement) -> None:
         k = self.keys.shard(shard)
         keys = [
-            k.lease, k.inflight, self.keys.total, self.keys.stats, k.state,
-            self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, k.parked,
+            k.lease, k.inflight, self.keys.total, self.keys.stats, k.state, self.keys.dlq_entries,
+            self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why, s.budget_key or k.state,
         ]  # fmt: skip
-        args: list[Any] = [
-            token, s.delivered, s.requests, len(s.keep), len(s.dead), len(s.parked), s.error, *s.keep,
-        ]  # fmt: skip
+        args: list[Any] = [token, s.delivered, s.requests, s.error, s.budget_ttl_ms, len(s.keep), *s.keep, len(s.dead)]
         for d in s.dead:
             args += [d.id, d.failed_ms, d.reason, d.json]
+        args.append(len(s.parked))
         for p in s.parked:
             keys.append(k.parked_user(p.user_key))
             args += [p.user_key, p.hold_ms, p.reason, len(p.entries), *p.entries]
+        budget = s.budget if s.budget_key else {}
+        args.append(len(budget))
+        for user, count in budget.items():
+            args += [user, count]
         self._run(self._settle, keys, args, "settle")
 
     def release(self, shard: int, token: str, *, retry_in_ms: int = 0, wake_in_ms: int = 0, clean: bool = True) -> None:

@@ -25,6 +25,7 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
             pipe.llen(k.inflight)
             pipe.hgetall(k.state)
             pipe.exists(k.lease)
+            pipe.hgetall(k.parked_why)
         pipe.get(keys.total)
         pipe.hlen(keys.dlq_entries)
         pipe.hgetall(keys.dlq_counts)
@@ -33,20 +34,21 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         pipe.zrange(keys.workers, 0, -1, withscores=True)
         pipe.time()
         replies = pipe.execute()
+    parked = _parked_counts(client, keys, [_text_map(replies[5 * s + 4]) for s in range(shards)])
     per_shard = []
     for s in range(shards):
-        queued, in_flight, state, leased = replies[4 * s : 4 * s + 4]
+        queued, in_flight, state, leased = replies[5 * s : 5 * s + 4]
         state = _text_map(state)
         per_shard.append({
             "shard": s,
             "queued": int(queued),
             "in_flight": int(in_flight),
-            "held": int(state.get("parked_held", 0)),
-            "deferred": int(state.get("parked_deferred", 0)),
+            "held": parked[s].get("held", 0),
+            "deferred": parked[s].get("deferred", 0),
             "draining": bool(leased),
             "retry_at_ms": int(state["retry_at"]) if "retry_at" in state else None,
         })  # fmt: skip
-    total, dlq_len, dlq_counts, stats, blocked, workers, (sec, usec) = replies[4 * shards :]
+    total, dlq_len, dlq_counts, stats, blocked, workers, (sec, usec) = replies[5 * shards :]
     now_ms = int(sec) * 1000 + int(usec) // 1000
     stats = _text_map(stats)
     return {
@@ -70,6 +72,23 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "shards": per_shard,
         "time_ms": now_ms,
     }
+
+
+def _parked_counts(client: redis.Redis, keys: Keys, why: list[dict[str, str]]) -> list[dict[str, int]]:
+    """Records waiting per shard, by why their user waits (held after a 429, deferred by budget)."""
+    with store_errors("read parked users"):
+        pipe = client.pipeline(transaction=False)
+        for s, users in enumerate(why):
+            for user in users:
+                pipe.llen(keys.shard(s).parked_user(user))
+        lengths = iter(pipe.execute())
+    out: list[dict[str, int]] = []
+    for users in why:
+        counts: dict[str, int] = {}
+        for reason in users.values():
+            counts[reason] = counts.get(reason, 0) + int(next(lengths))
+        out.append(counts)
+    return out
 
 
 def _text_map(raw: dict[bytes, bytes]) -> dict[str, str]:

@@ -1,0 +1,203 @@
+"""Amplitude's limits, end to end: 429 holds, the global rate limit, the hourly budget, merging."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from producers.config import QueueConfig
+from producers.keys import Keys
+from producers.producer import IdentifyProducer
+from tests.conftest import StartWorker
+from tests.helpers import check_delivery, seq_records, wait_until
+from tests.test_remedies import drained, status
+from worker.amplitude_model import apply
+from worker.budget import Allowance, allowance
+from worker.drain import Item, throttled_users
+from worker.local_stack import LocalAmplitudeProcess
+from worker.outcome import Outcome, Verdict
+from worker.ratelimit import RateLimiter
+
+
+def first_arrival(arrivals: list[tuple[float, str]], users: set[str]) -> float:
+    return min(t for t, u in arrivals if u in users)
+
+
+def last_arrival(arrivals: list[tuple[float, str]], users: set[str]) -> float:
+    return max(t for t, u in arrivals if u in users)
+
+
+# -- 429: per-user holds ----------------------------------------------------------------------------
+@pytest.mark.parametrize("named", [True, False], ids=["429-naming-users", "429-naming-none"])
+def test_throttled_users_wait_in_order_while_the_others_go_on(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess,
+    start_worker: StartWorker, named: bool,
+) -> None:  # fmt: skip
+    # Given Amplitude throttling two users for a second and a half
+    throttled = {"user-00003", "user-00011"}
+    amplitude.control(throttle_users={u: 1.5 for u in throttled}, name_throttled=named)
+    producer.identify_many(seq_records(60, 4))
+    start_worker(IDENTIFY_THROTTLE_PAUSE_S="2", IDENTIFY_BATCH_SIZE="20")
+    wait_until(lambda: drained(queue_config), 60, "everything delivered")
+    # Then nothing is lost or dead-lettered, and every user's records arrived in order
+    assert check_delivery(amplitude.accepted(), 60, 4) == 0
+    assert status(queue_config)["dead_letter"] == 0
+    log = amplitude.requests_log()
+    first_429 = min(t for t, code, _, _ in log if code == 429)
+    arrivals = amplitude.arrivals()
+    # The throttled users arrived only after their pause; everybody else was not kept waiting
+    assert first_arrival(arrivals, throttled) >= first_429 + 1.9
+    if named:
+        unaffected = {f"user-{u:05d}" for u in range(60)} - throttled
+        assert last_arrival(arrivals, unaffected) < first_429 + 1.9
+
+
+def test_holds_are_in_redis_and_survive_a_worker_restart(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    amplitude.control(throttle_users={"user-00002": 1.0})
+    producer.identify_many(seq_records(10, 3))
+    first = start_worker(IDENTIFY_THROTTLE_PAUSE_S="3")
+    held = wait_until(lambda: status(queue_config)["held"], 30, "a held user")
+    assert held == 3
+    assert first.terminate() == 0
+    # When another worker starts while the hold lasts, it keeps the hold and then delivers, in order
+    start_worker(IDENTIFY_THROTTLE_PAUSE_S="3")
+    wait_until(lambda: drained(queue_config), 30, "delivery after the hold")
+    assert check_delivery(amplitude.accepted(), 10, 3) == 0
+    assert status(queue_config)["held"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "batch_users", "held"),
+    [
+        ({"throttled_users": ["u1"]}, ["u1", "u2"], {"u:u1"}),
+        ({"throttled_devices": ["d9"]}, ["u1", "d:d9"], {"d:d9"}),
+        ({"throttled_events": [1]}, ["u1", "u2", "u3"], {"u:u2"}),
+        ({}, ["u1", "u2"], {"u:u1", "u:u2"}),
+    ],
+)
+def test_who_a_429_holds(body: dict[str, Any], batch_users: list[str], held: set[str]) -> None:
+    outcome = Outcome(
+        Verdict.THROTTLED, 429,
+        throttled_users=frozenset(body.get("throttled_users", [])),
+        throttled_devices=frozenset(body.get("throttled_devices", [])),
+        throttled_indices=frozenset(body.get("throttled_events", [])),
+    )  # fmt: skip
+    batch = [item_for(u) for u in batch_users]
+    assert throttled_users(outcome, batch) == held
+
+
+def test_a_throttled_device_holds_the_user_of_its_records() -> None:
+    outcome = Outcome(Verdict.THROTTLED, 429, throttled_devices=frozenset({"device-7"}))
+    batch = [item_for("u1", b'{"user_id":"u1","device_id":"device-7"}'), item_for("u2")]
+    held = throttled_users(outcome, batch)
+    assert "u:u1" in held and "u:u2" not in held
+
+
+def item_for(key: str, data: bytes = b"{}") -> Item:
+    from producers.entry import decode, encode
+
+    user_key = key if key.startswith("d:") else f"u:{key}"
+    return Item(data, (decode(encode(user_key, data, 0)),))
+
+
+# -- the global rate limit ----------------------------------------------------------------------------
+@pytest.mark.shards(16)
+def test_four_worker_processes_share_one_request_rate_limit(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    limit = 20
+    producer.identify_many(seq_records(200, 4))
+    for _ in range(2):
+        start_worker(concurrency=2, IDENTIFY_RATE_LIMIT_RPS=str(limit), IDENTIFY_BATCH_SIZE="10")
+    wait_until(lambda: drained(queue_config), 60, "delivery under the rate limit")
+    times = sorted(t for t, _, _, _ in amplitude.requests_log())
+    # The server never saw more than the limit in any one-second window...
+    busiest = max(sum(1 for u in times[i:] if u < t + 1.0) for i, t in enumerate(times))
+    assert busiest <= limit
+    # ...and the limit was used, not merely respected by being slow
+    assert len(times) / (times[-1] - times[0]) >= 0.75 * limit
+    assert check_delivery(amplitude.accepted(), 200, 4) == 0
+
+
+def test_the_limiter_spaces_grants_without_polling(redis_client: redis.Redis, queue_config: QueueConfig) -> None:
+    slept: list[float] = []
+    limiter = RateLimiter(redis_client, Keys(queue_config.namespace), requests_per_s=50, records_per_s=None,
+                          max_batch=1000, sleep=lambda s: (slept.append(s), time.sleep(s)))  # fmt: skip
+    started = time.monotonic()
+    for _ in range(11):
+        assert limiter.acquire(1)
+    assert time.monotonic() - started >= 10 * 1.05 / 50 * 0.95
+    assert len(slept) <= 15, "each wait is computed, not polled"
+
+
+def test_the_records_limit_allows_one_batch_then_paces(redis_client: redis.Redis, queue_config: QueueConfig) -> None:
+    limiter = RateLimiter(redis_client, Keys(queue_config.namespace), requests_per_s=None, records_per_s=100,
+                          max_batch=100)  # fmt: skip
+    assert limiter.try_acquire(100) == 0
+    wait = limiter.try_acquire(50)
+    assert 0.45 <= wait <= 0.5
+
+
+# -- the hourly budget ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("counts", "wanted", "limit", "now_ms", "expected"),
+    [
+        ([0, 0, 0, 0, 0, 0, 0], 3, 5, 10_000, Allowance(3, 0)),
+        ([1, 0, 0, 0, 0, 0, 2], 2, 5, 10_000, Allowance(2, 0)),
+        ([1, 0, 0, 0, 0, 0, 2], 4, 5, 10_000, Allowance(2, 1_000)),  # slot 4 stops counting at 11 s
+        # slot length 1 s, now in slot 10: the counts are slots 4..10; slot 4 stops counting at 11 s
+        ([2, 1, 0, 0, 0, 0, 2], 3, 5, 10_500, Allowance(0, 500)),
+        ([0, 0, 0, 0, 0, 0, 5], 1, 5, 10_500, Allowance(0, 6_500)),
+        ([0, 0, 0, 0, 0, 0, 3], 4, 5, 10_500, Allowance(2, 6_500)),
+    ],
+)
+def test_budget_allowance(counts: list[int], wanted: int, limit: int, now_ms: int, expected: Allowance) -> None:
+    assert allowance(counts, wanted, limit, now_ms, slot_ms=1000) == expected
+
+
+def test_a_user_past_its_budget_gets_the_rest_after_the_window_in_order(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    # Given a budget of 5 updates per 3-second window, and one user with 12 updates among others
+    window, limit = 3.0, 5
+    hot = [{"user_id": "user-hot01", "user_properties": {"$set": {"seq": i}}} for i in range(12)]
+    producer.identify_many(hot + seq_records(20, 2))
+    start_worker(IDENTIFY_USER_UPDATES_PER_HOUR=str(limit), IDENTIFY_BUDGET_WINDOW_S=str(window))
+    wait_until(lambda: status(queue_config)["deferred"] > 0, 30, "deferred updates")
+    wait_until(lambda: drained(queue_config), 60, "every update, eventually")
+    # Then every update arrived, in order, and never more than 5 in any 3-second window
+    accepted = amplitude.accepted()
+    assert [r["user_properties"]["$set"]["seq"] for r in accepted if r["user_id"] == "user-hot01"] == list(range(12))
+    hot_times = sorted(t for t, u in amplitude.arrivals() if u == "user-hot01")
+    assert max(sum(1 for u in hot_times[i:] if u < t + window) for i, t in enumerate(hot_times)) <= limit
+    assert hot_times[limit] - hot_times[0] >= window
+    # while the other users were not held back by it
+    assert check_delivery([r for r in accepted if r["user_id"] != "user-hot01"], 20, 2) == 0
+    assert status(queue_config)["deferred"] == 0
+
+
+# -- merging -------------------------------------------------------------------------------------------
+def test_fifty_updates_of_one_user_become_one_request_item(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    updates = [
+        {"user_id": "user-00042", "user_properties": {"$set": {"last_seen": f"2026-11-28T10:{i:02d}:00"},
+                                                      "$add": {"events": 1}, "$append": {"pages": f"/p{i}"}},
+         "platform": "iOS", "os_name": "ios", "country": "CH" if i < 25 else "DE"}
+        for i in range(50)
+    ]  # fmt: skip
+    producer.identify_many(updates)
+    start_worker(IDENTIFY_COALESCE="1")
+    wait_until(lambda: drained(queue_config), 30, "delivery")
+    [item] = amplitude.accepted()
+    assert item["user_properties"]["$add"] == {"events": 50}
+    expected: dict[str, Any] = {}
+    for update in updates:
+        expected = apply(expected, update)
+    assert amplitude.user("user-00042") == expected
+    assert status(queue_config)["delivered"] == 50
