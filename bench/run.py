@@ -36,6 +36,7 @@ import orjson
 import redis
 
 from producers.config import QueueConfig
+from producers.keys import Keys
 from producers.producer import IdentifyProducer
 from producers.record import validate
 from worker.local_redis import LocalRedis
@@ -94,8 +95,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def run_ours(redis_url: str, server: LocalAmplitudeProcess, records: list[dict[str, Any]], *, workers: int,
-             logs: Path, extra_env: dict[str, str] | None = None, name: str = "identify-queue") -> Run:  # fmt: skip
+             logs: Path, extra_env: dict[str, str] | None = None, name: str = "identify-queue",
+             delay_ms: int = 0) -> Run:  # fmt: skip
     server.reset()
+    if delay_ms:
+        server.control(delay_ms=delay_ms)
     config = QueueConfig(redis_url=redis_url, namespace=f"bench-{time.monotonic_ns()}")
     env = {"REDIS_URL": redis_url, "IDENTIFY_NAMESPACE": config.namespace, "AMPLITUDE_API_KEY": API_KEY,
            "AMPLITUDE_IDENTIFY_URL": server.identify_url, "IDENTIFY_COALESCE": "0", "IDENTIFY_LOG_LEVEL": "warning",
@@ -109,8 +113,13 @@ def run_ours(redis_url: str, server: LocalAmplitudeProcess, records: list[dict[s
         started = time.perf_counter()
         with IdentifyProducer(config) as producer:
             producer.identify_many(records)
-        wait_accepted(server, len(records), 600)
+        # Wait for the queue, not the server: with merging, the server gets fewer identifications.
+        total_key = Keys(config.namespace).total
+        wait_for(lambda: int(client.get(total_key) or 0) == 0, 600, "our queue to drain")
         elapsed = time.perf_counter() - started
+        delivered = int(client.hget(Keys(config.namespace).stats, "delivered") or 0)
+        if delivered != len(records):
+            raise RuntimeError(f"{delivered} of {len(records)} records delivered")
         cpu = cpu_seconds(worker.pid) - cpu0
     finally:
         worker.stop()

@@ -101,59 +101,117 @@ def _property_ops(record: dict[str, Any]) -> dict[str, Op] | None:
     return {name: (op, value) for op, body in ops.items() for name, value in body.items()}
 
 
+_GROUP_OF = {f: group for group in FIELD_GROUPS for f in group}
+_SINGLE = frozenset(SINGLE_FIELDS)
+
+
+class _Fold:
+    """A run of one user's updates, merged: kept as operations and fields until it is built.
+
+    Folding costs one pass over each update; building and validating happen once per run.
+    """
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.user_id, self.device_id = record.get("user_id"), record.get("device_id")
+        self.ops = _property_ops(record)
+        self.fields: dict[str, Any] = {}
+        self.groups: dict[str, Any] = dict(record.get("groups") or {})
+        self._take_fields(record)
+
+    def absorb(self, record: dict[str, Any]) -> bool:
+        """Fold ``record`` in if the result is exact; otherwise leave this run as it is."""
+        if self.ops is None or record.get("user_id") != self.user_id or record.get("device_id") != self.device_id:
+            return False
+        later = _property_ops(record)
+        if later is None:
+            return False
+        combined: dict[str, Op] = {}
+        for name, op in later.items():
+            result = compose(self.ops[name], op) if name in self.ops else op
+            if result is None:
+                return False
+            combined[name] = result
+        self.ops.update(combined)
+        self._take_fields(record)
+        self.groups.update(record.get("groups") or {})
+        return True
+
+    def _take_fields(self, record: dict[str, Any]) -> None:
+        for name, value in record.items():
+            if value is None:
+                continue
+            group = _GROUP_OF.get(name)
+            if group is not None:
+                # naming one field of a group resets the rest of it: the group comes from here
+                for f in group:
+                    if record.get(f) is None:
+                        self.fields.pop(f, None)
+                    else:
+                        self.fields[f] = record[f]
+            elif name in _SINGLE:
+                self.fields[name] = value
+
+    def build(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        if self.device_id is not None:
+            out["device_id"] = self.device_id
+        if self.ops:
+            body: dict[str, dict[str, Any]] = {}
+            for name, (op, value) in self.ops.items():
+                body.setdefault(op, {})[name] = value
+            out["user_properties"] = body
+        out.update(self.fields)
+        if self.groups:
+            out["groups"] = self.groups
+        return out
+
+
+def _valid(record: dict[str, Any], max_record_bytes: int) -> bool:
+    try:
+        validate(record, min_id_length=1, max_record_bytes=max_record_bytes)
+    except InvalidRecord:
+        return False
+    return True
+
+
 def merge(a: dict[str, Any], b: dict[str, Any], max_record_bytes: int = 64 * 1024) -> dict[str, Any] | None:
     """One identification with the effect of ``a`` then ``b`` for their user, or None."""
-    if a.get("user_id") != b.get("user_id") or a.get("device_id") != b.get("device_id"):
+    fold = _Fold(a)
+    if not fold.absorb(b):
         return None
-    props_a, props_b = _property_ops(a), _property_ops(b)
-    if props_a is None or props_b is None:
-        return None
-    merged_ops = dict(props_a)
-    for name, later in props_b.items():
-        combined = compose(merged_ops[name], later) if name in merged_ops else later
-        if combined is None:
-            return None
-        merged_ops[name] = combined
-    out: dict[str, Any] = {k: a[k] for k in ("user_id", "device_id") if a.get(k) is not None}
-    if merged_ops:
-        body: dict[str, dict[str, Any]] = {}
-        for name, (op, value) in merged_ops.items():
-            body.setdefault(op, {})[name] = value
-        out["user_properties"] = body
-    _merge_fields(a, b, out)
-    groups = {**(a.get("groups") or {}), **(b.get("groups") or {})}
-    if groups:
-        out["groups"] = groups
-    try:
-        validate(out, min_id_length=1, max_record_bytes=max_record_bytes)
-    except InvalidRecord:
-        return None  # e.g. more groups than Amplitude takes, or too large: keep them apart
-    return out
-
-
-def _merge_fields(a: dict[str, Any], b: dict[str, Any], out: dict[str, Any]) -> None:
-    for group in FIELD_GROUPS:
-        source = b if any(b.get(f) is not None for f in group) else a
-        for f in group:
-            if source.get(f) is not None:
-                out[f] = source[f]
-    for f in SINGLE_FIELDS:
-        value = b.get(f) if b.get(f) is not None else a.get(f)
-        if value is not None:
-            out[f] = value
+    merged = fold.build()
+    # A merge that breaks one of Amplitude's rules (more groups than it takes, too large) is declined.
+    return merged if _valid(merged, max_record_bytes) else None
 
 
 def coalesce(records: list[dict[str, Any]], max_record_bytes: int = 64 * 1024) -> list[tuple[dict[str, Any], int]]:
     """Fold one user's updates, in order: each result is (identification, how many updates it covers).
 
-    Greedy: each update is merged into the one before when that is exact, else starts a new one.
+    Greedy: each update joins the run before it when that is exact, else starts a new run.
     """
     out: list[tuple[dict[str, Any], int]] = []
+    fold: _Fold | None = None
+    run: list[dict[str, Any]] = []
     for record in records:
-        if out:
-            merged = merge(out[-1][0], record, max_record_bytes)
-            if merged is not None:
-                out[-1] = (merged, out[-1][1] + 1)
-                continue
-        out.append((record, 1))
+        if fold is not None and fold.absorb(record):
+            run.append(record)
+            continue
+        if fold is not None:
+            out += _finish(fold, run, max_record_bytes)
+        fold, run = _Fold(record), [record]
+    if fold is not None:
+        out += _finish(fold, run, max_record_bytes)
     return out
+
+
+def _finish(fold: _Fold, run: list[dict[str, Any]], max_record_bytes: int) -> list[tuple[dict[str, Any], int]]:
+    if len(run) == 1:
+        return [(run[0], 1)]
+    merged = fold.build()
+    if _valid(merged, max_record_bytes):
+        return [(merged, len(run))]
+    # Too large or too many groups once merged: any contiguous part of a run merges exactly too.
+    half = len(run) // 2
+    return coalesce(run[:half], max_record_bytes) + coalesce(run[half:], max_record_bytes)
