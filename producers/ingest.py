@@ -6,7 +6,7 @@ enqueue.  Checks, in order; each refuses the request as a whole, so nothing of i
 
     size          body above IDENTIFY_INGEST_MAX_BODY_BYTES              413
     envelope      Content-Type / Content-Encoding not read here           415
-                  form, multipart or JSON body that cannot be read        400
+                  form, multipart or JSON body that cannot be read        400   (ingest_envelope.py)
     credentials   none (Authorization: Bearer, else the api_key field)    401
                   not a configured token                                  403
     identification absent, not JSON, not an object or non-empty array     400
@@ -19,14 +19,11 @@ cannot make the endpoint parse or validate anything but the envelope.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
@@ -41,17 +38,14 @@ from producers.errors import (
     RequestRefused,
     RequestTooLarge,
     StoreError,
-    UnsupportedContentType,
     WrongCredentials,
 )
+from producers.ingest_envelope import read_envelope
 from producers.ingest_settings import IngestSettings, token_digest
 from producers.record import ValidRecord, validate
 
 IDENTIFY_PATH = "/identify"
 HEALTH_PATH = "/healthz"
-#: An /identify form has two fields; a few more are tolerated (and ignored), thousands are abuse.
-MAX_FORM_FIELDS = 100
-_API_KEY_FIELDS = ("api_key", "api-key")
 
 
 class Route(StrEnum):
@@ -85,14 +79,6 @@ class Accept:
 
     records: Sequence[ValidRecord]
     payload_bytes: int
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """The request's fields: the credential it carries and the identification, still unparsed."""
-
-    api_key: str | None
-    identification: Any = field(default=None)
 
 
 # -- routing and the whole decision ------------------------------------------------------------------
@@ -129,76 +115,6 @@ def decide(request: Request, settings: IngestSettings) -> Accept | Answer:
     if rejected:
         return answer_invalid(rejected, len(items))
     return Accept(valid, len(request.body))
-
-
-# -- the envelope: form, multipart or JSON ------------------------------------------------------------
-def read_envelope(content_type: str, content_encoding: str, body: bytes) -> Envelope:
-    """The api_key and identification fields, from any of the three body formats."""
-    if content_encoding.strip().lower() not in ("", "identity"):
-        raise UnsupportedContentType(
-            f"Content-Encoding {content_encoding.strip()[:40]!r} is not supported; send the body uncompressed"
-        )
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media in ("", "application/x-www-form-urlencoded"):
-        return _from_fields(_form_fields(body))
-    if media == "application/json" or media.endswith("+json"):
-        return _from_json(body)
-    if media == "multipart/form-data":
-        return _from_fields(_multipart_fields(content_type, body))
-    raise UnsupportedContentType(
-        f"Content-Type {media[:60]!r} is not supported; send application/x-www-form-urlencoded "
-        "(as Amplitude clients do), multipart/form-data or application/json"
-    )
-
-
-def _form_fields(body: bytes) -> dict[str, list[str]]:
-    try:
-        return parse_qs(body.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS)
-    except UnicodeDecodeError:
-        raise MalformedRequest("Invalid request: the form is not UTF-8") from None
-    except ValueError as exc:  # more fields than MAX_FORM_FIELDS
-        raise MalformedRequest(f"Invalid request: {exc}") from None
-
-
-def _multipart_fields(content_type: str, body: bytes) -> dict[str, list[str]]:
-    # The email package is the standard library's MIME parser (cgi.FieldStorage is gone in 3.13).
-    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart() or message.defects:
-        raise MalformedRequest("Invalid request: the multipart body cannot be read (boundary missing or wrong)")
-    fields: dict[str, list[str]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        if not isinstance(name, str) or not isinstance(payload, bytes):
-            continue
-        try:
-            fields.setdefault(name, []).append(payload.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise MalformedRequest(f"Invalid request: multipart field {name[:40]!r} is not UTF-8") from None
-    return fields
-
-
-def _from_fields(fields: dict[str, list[str]]) -> Envelope:
-    for name in (*_API_KEY_FIELDS, "identification"):
-        if len(fields.get(name, ())) > 1:
-            raise MalformedRequest(f"Invalid request: field {name} is given {len(fields[name])} times")
-    api_key = next((fields[name][0] for name in _API_KEY_FIELDS if name in fields), None)
-    ident = fields.get("identification")
-    return Envelope(api_key, ident[0] if ident else None)
-
-
-def _from_json(body: bytes) -> Envelope:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"Invalid request: the body is not valid JSON ({exc})") from None
-    if type(doc) is not dict:
-        raise MalformedRequest('Invalid request: a JSON body must be an object {"api_key": ..., "identification": ...}')
-    api_key = doc.get("api_key", doc.get("api-key"))
-    if api_key is not None and type(api_key) is not str:
-        raise MalformedRequest("Invalid request: api_key must be a string")
-    return Envelope(api_key, doc.get("identification"))
 
 
 # -- credentials -----------------------------------------------------------------------------------

@@ -126,8 +126,14 @@ def run(
     serve(settings, ready)
 
 
-def serve(settings: IngestSettings, ready: Callable[[list[str]], None] | None = None) -> None:
+def serve(
+    settings: IngestSettings,
+    ready: Callable[[list[str]], None] | None = None,
+    app_type: type[IngestApp] = IngestApp,
+) -> None:
     """Serve until SIGTERM or SIGINT; ``ready`` gets the URLs listened on (useful with port 0).
+
+    ``app_type`` lets the benchmark run its baseline application on exactly this server stack.
 
     On a stop, requests being handled are finished (waitress waits up to 5 s); a client whose
     answer is then cut off does not know whether its records were enqueued, and retries: records
@@ -136,7 +142,7 @@ def serve(settings: IngestSettings, ready: Callable[[list[str]], None] | None = 
     from waitress.server import create_server
 
     producer = IdentifyProducer(settings.queue)
-    app = IngestApp(settings, producer)
+    app = app_type(settings, producer)
     try:
         server = create_server(
             app,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, quote, quote_plus, unquote_to_bytes, urlencode
 
 import orjson
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers.config import QueueConfig
 from producers.errors import ConfigError, InvalidRecord, QueueFull, QueueMismatch, StoreError
@@ -22,6 +24,7 @@ from producers.ingest import (
     decide,
     route,
 )
+from producers.ingest_envelope import form_fields, unquote_form
 from producers.ingest_settings import IngestSettings, token_digest
 
 TOKEN = "ingest-token-0123456789abcdef"  # noqa: S105 (a test's token)
@@ -112,10 +115,16 @@ CASES = [
          {"error": "Invalid request: identification is an empty array"}),
     Case("identification twice", Request(form(api_key=TOKEN, identification=GOOD) + b"&identification=%7B%7D", FORM),
          400, {"error": "Invalid request: field identification is given 2 times"}),
-    Case("form not UTF-8", Request(b"api_key=x&identification=%ff", FORM), 400,
-         {"error": "Invalid request: the form is not UTF-8"}),
+    Case("api_key not UTF-8", Request(b"api_key=%ff&identification=%7B%7D", FORM), 400,
+         {"error": "Invalid request: api_key is not UTF-8"}),
+    Case("field name not UTF-8", Request(b"%ff=1", FORM), 400,
+         {"error": "Invalid request: a form field name is not UTF-8"}),
+    Case("identification not UTF-8", Request(form(api_key=TOKEN) + b"&identification=%22%ff%22", FORM), 400,
+         {"error": "Invalid request: identification is not valid JSON (..."}),
     Case("too many form fields", Request(b"&".join(b"f%d=1" % i for i in range(101)), FORM), 400,
-         {"error": "Invalid request: Max number of fields exceeded"}),
+         {"error": "Invalid request: more than 100 form fields"}),
+    Case("100 form fields are fine", Request(form(api_key=TOKEN, identification=GOOD) + b"&f=1" * 98, FORM), 200,
+         [GOOD]),
     Case("JSON body not JSON", Request(b"api_key=x", JSON), 400,
          {"error": "Invalid request: the body is not valid JSON (..."}),
     Case("JSON body an array", Request(orjson.dumps([GOOD]), JSON), 400,
@@ -169,6 +178,30 @@ def test_decide(case: Case) -> None:
             assert str(decision.body.get(key)).startswith(expected[:-3]), decision.body
         else:
             assert decision.body.get(key) == expected, decision.body
+
+
+# Pieces that make escapes next to escapes, half escapes, escaped percents and hex digits likely.
+PIECES = ["%", "%2", "%4", "2", "5", "1", "A", "f", "%22", "%25", "%41", "%3A", "%3a", "%7B", "%20", "%ZZ", "+", "x",
+          "\u00e9", "%C3%A9"]  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+def test_unquote_form_decodes_as_the_standard_library_does(text: str) -> None:
+    raw = text.encode()
+    assert unquote_form(raw) == unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_unquote_form_reverses_urlencode(text: str) -> None:
+    for encoder in (quote_plus, quote):
+        assert unquote_form(encoder(text, safe="").encode()) == text.encode()
+
+
+def test_form_fields_read_as_parse_qs_does() -> None:
+    body = form(api_key=TOKEN, identification=[GOOD, GOOD2]) + b"&&empty=&bare&a+b=c%2Bd"
+    expected = {k: [v.encode() for v in vs] for k, vs in parse_qs(body.decode(), keep_blank_values=True).items()}
+    assert form_fields(body) == expected
 
 
 def test_refusals_never_quote_a_token() -> None:

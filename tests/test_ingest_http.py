@@ -66,9 +66,10 @@ def config_of(server: IngestProcess) -> QueueConfig:
 
 
 def post_form(server: IngestProcess, identification: Any, api_key: str | None = TOKEN, **kw: Any) -> requests.Response:
-    fields = {"identification": identification if isinstance(identification, str) else orjson.dumps(identification)}
-    if api_key is not None:
-        fields["api_key"] = api_key
+    # api_key first, as Amplitude clients send it
+    fields = {} if api_key is None else {"api_key": api_key}
+    text = identification if isinstance(identification, str) else orjson.dumps(identification).decode()
+    fields["identification"] = text
     return requests.post(server.identify_url, data=fields, timeout=TIMEOUT, **kw)
 
 

@@ -21,9 +21,18 @@ _LISTENING = "listening on "
 
 
 class IngestProcess:
-    def __init__(self, env: Mapping[str, str], *, args: Sequence[str] = (), log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        args: Sequence[str] = (),
+        log_path: Path | None = None,
+        command: Sequence[str] = (*COMMAND, "serve"),
+    ) -> None:
+        """``command`` is another program taking ``--host`` and ``--port`` (the benchmark's baseline)."""
         self.env = {**os.environ, **env}
         self.args = list(args)
+        self.command = list(command)
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="identify-queue-serve-", suffix=".log")
             os.close(fd)
@@ -50,7 +59,7 @@ class IngestProcess:
         return self.log_path.read_text(errors="replace")
 
     def start(self, timeout_s: float = 20.0) -> IngestProcess:
-        args = [*COMMAND, "serve", "--host", "127.0.0.1", "--port", "0", *self.args]
+        args = [*self.command, "--host", "127.0.0.1", "--port", "0", *self.args]
         self.log_path.write_text("")
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
@@ -61,10 +70,10 @@ class IngestProcess:
                     self.url = line.removeprefix(_LISTENING).strip()
                     return self
             if self.process.poll() is not None:
-                raise RuntimeError(f"identify-queue serve exited with {self.process.returncode}: {self.output()}")
+                raise RuntimeError(f"{args} exited with {self.process.returncode}: {self.output()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"identify-queue serve did not start in {timeout_s} s: {self.output()}")
+                raise RuntimeError(f"{args} did not start in {timeout_s} s: {self.output()}")
             time.sleep(0.02)
 
     def wait(self, timeout_s: float = 20.0) -> int:
