@@ -23,8 +23,8 @@ from producers.ingest import (
     answer_accepted,
     answer_refused,
     authenticate,
+    bearer,
     check_size,
-    credential,
     identifications,
 )
 from producers.ingest_envelope import read_envelope
@@ -39,9 +39,8 @@ class FloorApp(IngestApp):
             check_size(length, self.settings.max_body_bytes)
             body: bytes = environ["wsgi.input"].read(length) if length > 0 else b""
             envelope = read_envelope(environ.get("CONTENT_TYPE", ""), environ.get("HTTP_CONTENT_ENCODING", ""), body)
-            authenticate(
-                credential(envelope.api_key, environ.get("HTTP_AUTHORIZATION", "")), self.settings.token_digests
-            )
+            token = bearer(environ.get("HTTP_AUTHORIZATION", ""))
+            authenticate(envelope.api_key if token is None else token, self.settings.token_digests)
             items = identifications(envelope.identification, self.settings.max_records)
         except RequestRefused as refused:
             return answer_refused(refused)

@@ -13,8 +13,9 @@ enqueue.  Checks, in order; each refuses the request as a whole, so nothing of i
                   more than IDENTIFY_INGEST_MAX_RECORDS                   413
     records       any breaking a rule: 400 naming every one, Amplitude-style and per index
 
-Credentials are checked before the identification is even parsed, so an unauthenticated client
-cannot make the endpoint parse or validate anything but the envelope.
+Credentials are checked before the identification is even parsed (a Bearer header before the
+body is), so an unauthenticated client cannot make the endpoint parse or validate anything but
+the envelope.
 """
 
 from __future__ import annotations
@@ -106,8 +107,12 @@ def decide(request: Request, settings: IngestSettings) -> Accept | Answer:
     """Refuse the request, or return its records, every one of them valid."""
     try:
         check_size(len(request.body), settings.max_body_bytes)
+        token = bearer(request.authorization)
+        if token is not None:  # known before the body is parsed
+            authenticate(token, settings.token_digests)
         envelope = read_envelope(request.content_type, request.content_encoding, request.body)
-        authenticate(credential(envelope.api_key, request.authorization), settings.token_digests)
+        if token is None:
+            authenticate(envelope.api_key, settings.token_digests)
         items = identifications(envelope.identification, settings.max_records)
     except RequestRefused as refused:
         return answer_refused(refused)
@@ -118,13 +123,14 @@ def decide(request: Request, settings: IngestSettings) -> Accept | Answer:
 
 
 # -- credentials -----------------------------------------------------------------------------------
-def credential(api_key: str | None, authorization: str) -> str | None:
-    """The token the request presents: an ``Authorization: Bearer`` header wins over ``api_key``.
+def bearer(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None without the header.
 
-    With the header, ``api_key`` may hold anything (a client library may insist on one).
+    The header wins over the ``api_key`` field, which may then hold anything (a client library
+    may insist on sending one).
     """
     if not authorization.strip():
-        return api_key or None
+        return None
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise MissingCredentials("Invalid request: the Authorization header must be 'Bearer <token>'")

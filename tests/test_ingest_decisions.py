@@ -102,6 +102,7 @@ CASES = [
     Case("no configured token accepts nobody", Request(form(api_key=TOKEN, identification=GOOD), FORM), 403, {},
          IngestSettings()),
     Case("credentials before the identification is parsed", Request(b"identification=%7Bnot-json", FORM), 401, {}),
+    Case("a Bearer header before the body is parsed", Request(b"{", JSON, authorization=f"Bearer {OTHER}"), 403, {}),
     # malformed requests
     Case("identification not JSON", Request(form(api_key=TOKEN, identification="{user_id: 1}"), FORM), 400,
          {"error": "Invalid request: identification is not valid JSON (..."}),
