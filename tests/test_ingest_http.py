@@ -6,13 +6,14 @@ need other settings start their own.
 
 from __future__ import annotations
 
+import http.client
 import secrets
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 from producers.config import QueueConfig
 from producers.entry import decode
 from producers.keys import Keys
+from producers.producer import IdentifyProducer
 from tests.conftest import worker_env
 from tests.helpers import check_delivery, seq_records, wait_until
 from worker.cli import main
@@ -157,9 +159,14 @@ def test_oversized_requests_are_refused_by_bytes_and_by_count(server: IngestProc
     assert answer.status_code == 413
     assert answer.json()["error"].startswith("Payload too large: 1000")
     assert answer.json()["error"].endswith(" bytes, at most 1000000 per request")
-    # Far over it: waitress refuses it itself, still a 413
-    huge = requests.post(server.identify_url, data={"pad": "x" * 2_100_000}, timeout=TIMEOUT)
-    assert huge.status_code == 413
+    # Far over it: waitress refuses it itself from the headers, before any of the body is sent
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=TIMEOUT)
+    conn.putrequest("POST", "/identify")
+    conn.putheader("Content-Length", "2000001")
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
     # 2,001 small identifications: 413 by count; 2,000 are fine
     many = [update(i, f"user-{i:05d}") for i in range(2001)]
     answer = post_form(server, many)
@@ -317,3 +324,28 @@ def test_end_to_end_a_worker_delivers_what_the_endpoint_accepted(
     accepted = amplitude.accepted()
     assert len(accepted) == users * per_user
     assert check_delivery(accepted, users, per_user) == 0
+
+
+def test_an_amplitude_client_pointed_at_the_endpoint_works_unchanged(
+    server: IngestProcess, producer: IdentifyProducer, queue_config: QueueConfig, redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Given another queue's records, some with what form encoding must escape, and that queue's
+    # worker (our own Amplitude client) sending to the endpoint, with the ingest token as its API key
+    tricky = [{"user_id": "user-99999", "user_properties": {"$set": {"seq": i, "note": text}}}
+              for i, text in enumerate(["a&b=c+d", "100% %25 #x; ?", "héllo wörld ☃", '"quoted" {x:[1]}'])]  # fmt: skip
+    producer.identify_many(seq_records(20, 5) + tricky)
+    env = worker_env(queue_config, server.identify_url, AMPLITUDE_API_KEY=TOKEN)
+    worker = WorkerProcess(
+        env, name=f"relay-{secrets.token_hex(2)}", concurrency=1, log_path=tmp_path / "w.log"
+    ).start()
+    try:
+        # When it drains its queue
+        wait_until(lambda: queued_total(redis_client, config_of(server)) >= 104, 60, "the relayed records")
+    finally:
+        worker.stop()
+    # Then the endpoint's queue holds every record exactly as enqueued, each user's in order
+    relayed = queued(redis_client, config_of(server))
+    assert len(relayed) == 104
+    assert [r for r in relayed if r["user_id"] == "user-99999"] == tricky
+    assert check_delivery([r for r in relayed if r["user_id"] != "user-99999"], 20, 5) == 0
