@@ -7,13 +7,20 @@
     ├── QueueMismatch            Redis holds a queue laid out differently (shard count, format)
     ├── StoreError               Redis could not be reached or refused a command
     │   └── LeaseLost            another drainer owns the shard now; stop touching it
+    ├── RequestRefused           the ingest endpoint refuses an HTTP request as a whole (``.status``)
+    │   ├── MalformedRequest     400: not form or JSON, no identification, identification not JSON
+    │   │   └── UnsupportedContentType   415: a Content-Type or Content-Encoding it cannot read
+    │   ├── RequestTooLarge      413: above the body size or identification count limit
+    │   ├── MissingCredentials   401: no ingest token in ``api_key`` nor ``Authorization: Bearer``
+    │   └── WrongCredentials     403: a token that is not the configured one
     └── SinkError                the POST to /identify did not produce an HTTP answer
         ├── SinkTimeout
         └── SinkConnectionError
 
 It lives in ``producers`` because producers must not import the worker, while the worker imports
 producers; one module both sides share keeps a single hierarchy.  Third-party exceptions (redis-py,
-requests) are translated into these where they enter, so the rest of the code speaks one language.
+requests, orjson, sockets) are translated into these where they enter, so the rest of the code
+speaks one language.
 """
 
 from __future__ import annotations
@@ -74,6 +81,48 @@ class StoreError(IdentifyQueueError):
 
 class LeaseLost(StoreError):
     """The shard's lease expired and may belong to another drainer: stop and touch nothing."""
+
+
+class RequestRefused(IdentifyQueueError):
+    """The ingest endpoint refuses a request as a whole; ``status`` is the HTTP answer's code.
+
+    ``missing_field`` names the request field that was absent (``api_key``, ``identification``),
+    as Amplitude's answers do.  The message is safe to send back: it never quotes a credential.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, missing_field: str | None = None) -> None:
+        self.missing_field = missing_field
+        super().__init__(message)
+
+
+class MalformedRequest(RequestRefused):
+    """The body cannot be read as an /identify request (400)."""
+
+
+class UnsupportedContentType(MalformedRequest):
+    """A Content-Type or Content-Encoding the endpoint does not read (415)."""
+
+    status = 415
+
+
+class RequestTooLarge(RequestRefused):
+    """More bytes or more identifications than one request may carry (413)."""
+
+    status = 413
+
+
+class MissingCredentials(RequestRefused):
+    """No ingest token in the request (401)."""
+
+    status = 401
+
+
+class WrongCredentials(RequestRefused):
+    """An ingest token that is not a configured one (403)."""
+
+    status = 403
 
 
 class SinkError(IdentifyQueueError):
