@@ -91,6 +91,9 @@ def reject_entry(line: int, error: InvalidRecord, text: bytes) -> bytes:
 
 
 class Display(Protocol):
+    def start(self, total: int | None, initial: int) -> None:
+        """The input is open: ``total`` bytes in all (None for stdin), ``initial`` already behind (a resume)."""
+
     def update(self, snap: Snapshot) -> None: ...
 
     def note(self, text: str) -> None: ...
@@ -106,6 +109,9 @@ class LineDisplay:
         self._every = every_s
         self._clock = clock
         self._last = clock()
+
+    def start(self, total: int | None, initial: int) -> None:
+        pass
 
     def update(self, snap: Snapshot) -> None:
         now = self._clock()
@@ -131,16 +137,21 @@ class QuietDisplay(LineDisplay):
 class BarDisplay:
     """A terminal: tqdm over the source's bytes (rate, ETA), or over lines for stdin."""
 
-    def __init__(self, stream: TextIO, total: int | None, initial: int) -> None:
+    def __init__(self, stream: TextIO) -> None:
         from tqdm import tqdm  # only here: a bar is the only reason producers would need tqdm
 
         self._tqdm = tqdm
         self._stream = stream
+        self._bar: Any = None
+        self._by_bytes = False
+
+    def start(self, total: int | None, initial: int) -> None:
         self._by_bytes = total is not None
         options: dict[str, Any] = (
             {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if total else {"unit": " lines"}
         )
-        self._bar = tqdm(total=total, initial=initial, file=stream, dynamic_ncols=True, smoothing=0.1, **options)
+        self._bar = self._tqdm(total=total, initial=initial, file=self._stream, dynamic_ncols=True, smoothing=0.1,
+                               **options)  # fmt: skip
 
     def update(self, snap: Snapshot) -> None:
         self._bar.set_postfix_str(f"{snap.lines:,} lines, {snap.enqueued:,} enqueued, {snap.rejected:,} rejected, "
@@ -151,16 +162,17 @@ class BarDisplay:
         self._tqdm.write(text, file=self._stream)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
-def make_display(mode: str, stream: TextIO, *, every_s: float, total: int | None, initial: int) -> Display:
+def make_display(mode: str, stream: TextIO, *, every_s: float = 5.0) -> Display:
     """``auto`` is a bar on a terminal and plain lines elsewhere (TERM=dumb counts as elsewhere)."""
     if mode == "auto":
         terminal = stream.isatty() and os.environ.get("TERM") != "dumb"
         mode = "bar" if terminal else "lines"
     if mode == "bar":
-        return BarDisplay(stream, total, initial)
+        return BarDisplay(stream)
     if mode == "lines":
         return LineDisplay(stream, every_s)
     return QuietDisplay(stream)

@@ -150,6 +150,7 @@ class _Run:
         self.started = started
         self.first_line = report.lines
         self.consumed_at_start = source.consumed()
+        self.display.start(info.size, self.consumed_at_start)
         self.ttl_ms = int(self.options.fingerprint_ttl_s * 1000)
 
     def go(self, items: Iterator[Item]) -> None:

@@ -5,6 +5,10 @@ written: records are validated in this process first.  The cap on queued records
 (``IDENTIFY_MAX_QUEUED``) is checked and raised in the same script that appends, so concurrent
 producers cannot overshoot it.  Producers never import Celery; a worker finds new records through
 the ``wakeups`` set the script updates.
+
+The same script serves the bulk import (``importer.py``): ``enqueue_chunk`` can also record an
+import job's position after the chunk, and compare and store per-user fingerprints to skip
+unchanged records, in that one atomic call, so neither can disagree with what was appended.
 """
 
 from __future__ import annotations
@@ -58,11 +62,21 @@ local current, pending, touched = {}, {}, {}
 local fp_keys, fp_values = 4 + groups, 12 + 2 * groups + count
 if fp_ttl > 0 then
   keep, appended = {}, 0
+  -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself
+  local before, i = {}, 1
+  while i <= count do
+    local j = math.min(i + 999, count)
+    local got = redis.call('MGET', unpack(KEYS, fp_keys + i, fp_keys + j))
+    for n = 1, #got do
+      before[i + n - 1] = got[n]
+    end
+    i = j + 1
+  end
   for j = 1, count do
     local key, value = KEYS[fp_keys + j], ARGV[fp_values + j]
     local now = current[key]
     if now == nil then
-      now = redis.call('GET', key) or ''
+      now = before[j] or ''
     end
     if value ~= '' and value == now then
       keep[j] = false

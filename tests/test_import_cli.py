@@ -7,6 +7,7 @@ tests/test_import_process.py.
 from __future__ import annotations
 
 import gzip
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from click.testing import CliRunner, Result
 from producers.config import QueueConfig
 from producers.entry import decode
 from producers.import_job import JobStore
-from producers.import_report import Snapshot
+from producers.import_report import Snapshot, make_display
 from producers.importer import Importer, ImportOptions
 from producers.keys import Keys
 from producers.producer import IdentifyProducer
@@ -239,6 +240,9 @@ class _StopAfter:
     def __init__(self, lines: int) -> None:
         self.lines = lines
 
+    def start(self, total: int | None, initial: int) -> None:
+        pass
+
     def update(self, snap: Snapshot) -> None:
         if snap.lines >= self.lines:
             raise KeyboardInterrupt
@@ -303,3 +307,16 @@ def test_the_python_api_alone(tmp_path: Path, queue_config: QueueConfig, queued:
         assert report.job is not None and report.job.startswith("users.csv-")
         state = JobStore(producer.client, producer.keys).read(report.job)
         assert state is not None and state.finished and (state.line, state.enqueued, state.rejected) == (3, 1, 1)
+
+
+def test_a_terminal_gets_a_bar_with_rate_and_eta(tmp_path: Path, queue_config: QueueConfig, queued: Any) -> None:
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(jsonl(3000))
+    terminal = io.StringIO()
+    display = make_display("bar", terminal)
+    with IdentifyProducer(queue_config) as producer:
+        Importer(producer, ImportOptions(chunk_size=500), display=display).run(str(path))
+    display.close()
+    text = terminal.getvalue()
+    assert "100%" in text and "3,000 lines, 3,000 enqueued, 0 rejected, 0 unchanged" in text
+    assert "B/s" in text  # tqdm's rate over bytes, from which its ETA comes

@@ -330,13 +330,11 @@ def import_(path: str, fmt: str | None, **options: Any) -> None:
       warehouse-export | identify-queue import - --job nightly-users --format csv
     """
     from producers.import_report import make_display, summary_line
-    from producers.import_source import describe_source
     from producers.importer import Importer, ImportOptions
 
     settings = ImportOptions.from_cli(path, format=fmt, **options)  # type: ignore[arg-type]  # a click.Choice
     with IdentifyProducer.from_env() as producer:
-        display = make_display(settings.progress, sys.stderr, every_s=settings.progress_every_s,
-                               total=describe_source(path).size, initial=0)  # fmt: skip
+        display = make_display(settings.progress, sys.stderr, every_s=settings.progress_every_s)
         try:
             report = Importer(producer, settings, display=display).run(path)
         finally:
