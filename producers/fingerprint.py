@@ -23,9 +23,9 @@ Semantics:
   skipped the next night.  A fingerprint only says "enqueued", not "delivered"; that deletion is
   what makes skipping safe.
 
-Memory: one Redis string with a TTL per user, about 155 bytes with a 32-byte key such as
-``identify:fp:u:sync-user-00000001`` (``used_memory`` freed by deleting 200,000 of them, in
-``bench/importer.py``): about 150 MB per million users.  The 12 bytes fit Redis's smallest
+Memory: one Redis string with a TTL per user, about 150 bytes with a 32-byte key such as
+``identify:fp:u:sync-user-00000001`` (144-154: ``used_memory`` freed by deleting 200,000 of them,
+in ``bench/importer.py``): about 140 MB per million users.  The 12 bytes fit Redis's smallest
 embedded-string allocation; a shorter digest would save nothing.
 """
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from producers.errors import QueueFull
-from producers.import_job import Action, JobState, JobStore, default_job_name, identity
+from producers.import_job import JOB_TTL_MS, Action, JobState, JobStore, default_job_name, identity
 from producers.import_options import ImportOptions, format_of
 from producers.import_parse import Good, Item, Rejected, csv_items, jsonl_items
 from producers.import_report import Display, QuietDisplay, RejectsFile, Snapshot
@@ -186,7 +186,7 @@ class _Run:
         report, source = self.report, self.source
         progress = None
         if report.job is not None:
-            progress = JobProgress(report.job, self.token, source.line, source.offset, rejected, finished)
+            progress = JobProgress(report.job, self.token, source.line, source.offset, rejected, finished, JOB_TTL_MS)
         enqueued = skipped = 0
         if records or progress is not None:
             result = self.enqueue_waiting(records, fingerprints, progress)

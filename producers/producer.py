@@ -162,6 +162,7 @@ class JobProgress:
     ``line`` and ``offset`` are the lines and bytes of the input consumed once the chunk is in;
     ``rejected`` is the number of the chunk's lines that were refused (added to the job's count).
     ``run`` must be the token the job's progress holds: a run another one has taken over stops.
+    ``ttl_ms``: the progress expires this long after its last update.
     """
 
     job: str
@@ -170,7 +171,7 @@ class JobProgress:
     offset: int
     rejected: int = 0
     finished: bool = False
-    ttl_ms: int = 30 * 86_400_000
+    ttl_ms: int = 30 * 86_400_000  # import_job.JOB_TTL_MS, passed by the importer
 
 
 @dataclass(frozen=True)

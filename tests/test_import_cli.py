@@ -320,3 +320,34 @@ def test_a_terminal_gets_a_bar_with_rate_and_eta(tmp_path: Path, queue_config: Q
     text = terminal.getvalue()
     assert "100%" in text and "3,000 lines, 3,000 enqueued, 0 rejected, 0 unchanged" in text
     assert "B/s" in text  # tqdm's rate over bytes, from which its ETA comes
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_csv_resumes_after_its_header_and_keeps_one_reject_per_line(compress: bool, tmp_path: Path,
+                                                                   queue_config: QueueConfig, queued: Any,
+                                                                   run: Run) -> None:  # fmt: skip
+    # Given a CSV of 3,000 rows, every 100th one bad, and a quoted newline in some
+    rows = [f"user-{i:05d},{'x' if i % 100 == 0 else i},\"note\n{i}\"" if i % 7 == 0 else
+            f"user-{i:05d},{'x' if i % 100 == 0 else i},plain" for i in range(3000)]  # fmt: skip
+    text = ("uid,seq,note\n" + "\n".join(rows) + "\n").encode()
+    path = tmp_path / "users.csv"
+    path.write_bytes(gzip.compress(text) if compress else text)
+    rejects = tmp_path / "rejects.jsonl"
+    flags = ("--map", "uid:user_id", "--type", "seq=int", "--rejects", str(rejects))
+    options = ImportOptions.from_cli(str(path), maps=flags[1:2], types=flags[3:4], rejects=str(rejects))
+    # When it is interrupted after 2,000 rows, having written a reject a killed run could leave
+    # past its last committed chunk
+    with IdentifyProducer(queue_config) as producer, pytest.raises(KeyboardInterrupt):
+        Importer(producer, options, display=_StopAfter(2000)).run(str(path))
+    with rejects.open("ab") as f:
+        f.write(b'{"line":999999,"field":"","rule":"bad_row","reason":"left by a killed run","text":""}\n')
+    result = run(str(path), *flags, "--resume")
+    # Then every good row is queued once, and each bad one is in the rejects file once
+    assert result.exit_code == 1, result.output
+    assert "resumed after line" in result.stdout
+    assert sorted(r["user_properties"]["$set"]["seq"] for r in queued()) == [i for i in range(3000) if i % 100]
+    entries = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    assert sorted(e["text"].split(",")[0] for e in entries) == [f"user-{i:05d}" for i in range(0, 3000, 100)]
+    latest = {r["user_id"]: r["user_properties"]["$set"] for r in queued()}
+    assert latest["user-00007"]["note"] == "note\n7" and latest["user-02807"]["note"] == "note\n2807"
+    assert latest["user-02999"] == {"seq": 2999, "note": "plain"}
