@@ -7,9 +7,11 @@ from producers.config import QueueConfig
 from producers.errors import (
     ConfigError,
     IdentifyQueueError,
+    ImportJobError,
     InvalidRecord,
     QueueFull,
     QueueMismatch,
+    SourceError,
     StoreError,
 )
 from producers.producer import EnqueueReport, IdentifyProducer
@@ -22,10 +24,12 @@ __all__ = [
     "EnqueueReport",
     "IdentifyProducer",
     "IdentifyQueueError",
+    "ImportJobError",
     "InvalidRecord",
     "QueueConfig",
     "QueueFull",
     "QueueMismatch",
+    "SourceError",
     "StoreError",
     "ValidRecord",
     "validate",

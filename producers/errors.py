@@ -5,6 +5,8 @@
     ├── InvalidRecord            an identification breaks a rule (names the field path and the rule)
     ├── QueueFull                accepting more would pass the configured cap on queued records
     ├── QueueMismatch            Redis holds a queue laid out differently (shard count, format)
+    ├── ImportJobError           an import job cannot start or go on as asked (resume, restart, taken over)
+    ├── SourceError              an import's input cannot be read (corrupt gzip, a line past the limit)
     ├── StoreError               Redis could not be reached or refused a command
     │   └── LeaseLost            another drainer owns the shard now; stop touching it
     ├── RequestRefused           the ingest endpoint refuses an HTTP request as a whole (``.status``)
@@ -73,6 +75,16 @@ class QueueFull(IdentifyQueueError):
 
 class QueueMismatch(IdentifyQueueError):
     """Redis holds a queue whose layout differs from this process's settings."""
+
+
+class ImportJobError(IdentifyQueueError):
+    """An import job cannot start or go on as asked: interrupted and neither resumed nor restarted,
+    resumed on a different input, or taken over by another run.  The message says what to do."""
+
+
+class SourceError(IdentifyQueueError):
+    """An import's input cannot be read as the format it claims (corrupt gzip, an endless line,
+    a CSV header that cannot be used); the message names the line where it can."""
 
 
 class StoreError(IdentifyQueueError):

@@ -15,6 +15,10 @@ Global keys
     dlq:counts     HASH   reason -> number of dead-letter entries
     ratelimit:*    STRING GCRA state of the global request and record limits
     workers        ZSET   worker node name -> last heartbeat (ms)
+    import:<job>   HASH   an import job's progress: line, offset, counts, state, input, owning run
+                          (written by the enqueue script with each chunk; expires 30 days after)
+    fp:<user key>  STRING 12-byte fingerprint of the last record an import enqueued for the user
+                          (--skip-unchanged; TTL --fingerprint-ttl; the worker deletes it on dead-letter)
     kombu:*        Celery's own keys (its broker queue of drain tasks), under kombu's global prefix
 
 Per shard ``{sN}``

@@ -5,6 +5,10 @@ written: records are validated in this process first.  The cap on queued records
 (``IDENTIFY_MAX_QUEUED``) is checked and raised in the same script that appends, so concurrent
 producers cannot overshoot it.  Producers never import Celery; a worker finds new records through
 the ``wakeups`` set the script updates.
+
+The same script serves the bulk import (``importer.py``): ``enqueue_chunk`` can also record an
+import job's position after the chunk, and compare and store per-user fingerprints to skip
+unchanged records, in that one atomic call, so neither can disagree with what was appended.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import redis
 
 from producers import entry
 from producers.config import QueueConfig
-from producers.errors import InvalidRecord, QueueFull, QueueMismatch, StoreError
+from producers.errors import ImportJobError, InvalidRecord, QueueFull, QueueMismatch, StoreError
 from producers.keys import Keys
 from producers.record import ValidRecord, validate
 from producers.redis_conn import connect, store_errors
@@ -26,9 +30,14 @@ from producers.redis_conn import connect, store_errors
 #: Entry format version, stored in the meta hash beside the shard count.
 LAYOUT_VERSION = "1"
 
-# KEYS: meta, total, wakeups, kick, then one queue key per shard present in the chunk.
-# ARGV: shards, layout, cap, count, then per shard: shard id, number of entries, the entries.
-# Returns {1, total} when appended, {0, total} when the cap refuses the chunk (nothing written).
+# KEYS: meta, total, wakeups, kick; then one queue key per shard group; then, with fingerprints, one
+#       fingerprint key per entry (in entry order); then, with a job, the job's progress key.
+# ARGV: 1 shards, 2 layout, 3 cap, 4 count, 5 groups, 6 fingerprint TTL ms (0: no fingerprints),
+#       7 job run token ('': no job), 8 line, 9 offset, 10 rejected (in this chunk), 11 job state,
+#       12 job TTL ms; then per group: shard id, number of entries, the entries; then, with
+#       fingerprints, one value per entry: its fingerprint, or '' for a record never skipped.
+# Returns {1, total, appended} when written, {0, total, 0} when the cap refuses the chunk (nothing
+# written, the job's progress included).
 ENQUEUE_LUA = """
 local shards, layout = ARGV[1], ARGV[2]
 local stored = redis.call('HMGET', KEYS[1], 'shards', 'layout', 'linger_ms')
@@ -37,35 +46,141 @@ if not stored[1] then
 elseif stored[1] ~= shards or stored[2] ~= layout then
   return redis.error_reply('QUEUE_MISMATCH shards=' .. stored[1] .. ' layout=' .. tostring(stored[2]))
 end
-local cap, count = tonumber(ARGV[3]), tonumber(ARGV[4])
-local total = tonumber(redis.call('GET', KEYS[2]) or '0')
-if total + count > cap then
-  return {0, total}
+local cap, count, groups = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local fp_ttl, run = tonumber(ARGV[6]), ARGV[7]
+local job = nil
+if run ~= '' then
+  job = KEYS[#KEYS]
+  if redis.call('HGET', job, 'run') ~= run then
+    return redis.error_reply('IMPORT_TAKEN another run of this import job has taken it over')
+  end
 end
-total = redis.call('INCRBY', KEYS[2], count)
+-- With fingerprints, an entry equal to what was last enqueued for its user is left out.  A user can
+-- appear twice in one chunk, so the decision follows the chunk's own writes ('current').
+local keep, appended = nil, count
+local current, pending, touched = {}, {}, {}
+local fp_keys, fp_values = 4 + groups, 12 + 2 * groups + count
+if fp_ttl > 0 then
+  keep, appended = {}, 0
+  -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself
+  local before, i = {}, 1
+  while i <= count do
+    local j = math.min(i + 999, count)
+    local got = redis.call('MGET', unpack(KEYS, fp_keys + i, fp_keys + j))
+    for n = 1, #got do
+      before[i + n - 1] = got[n]
+    end
+    i = j + 1
+  end
+  for j = 1, count do
+    local key, value = KEYS[fp_keys + j], ARGV[fp_values + j]
+    local now = current[key]
+    if now == nil then
+      now = before[j] or ''
+    end
+    if value ~= '' and value == now then
+      keep[j] = false
+    else
+      keep[j] = true
+      appended = appended + 1
+      if pending[key] == nil then
+        touched[#touched + 1] = key
+      end
+      pending[key] = value
+    end
+    current[key] = value
+  end
+end
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+if total + appended > cap then
+  return {0, total, 0}
+end
+if appended > 0 then
+  total = redis.call('INCRBY', KEYS[2], appended)
+end
 local t = redis.call('TIME')
-local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(stored[3] or '0')
-local a = 5
-for k = 5, #KEYS do
-  local shard, n = ARGV[a], tonumber(ARGV[a + 1])
-  local first = a + 2
-  local last = first + n - 1
-  -- unpack in slices: Lua's C stack takes a few thousand values at most
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = now_ms + tonumber(stored[3] or '0')
+-- unpack in slices: Lua's C stack takes a few thousand values at most
+local function push(key, values, first, last)
   local i = first
   while i <= last do
     local j = math.min(i + 999, last)
-    redis.call('RPUSH', KEYS[k], unpack(ARGV, i, j))
+    redis.call('RPUSH', key, unpack(values, i, j))
     i = j + 1
   end
+end
+local a, e = 13, 0
+for k = 5, 4 + groups do
+  local shard, n = ARGV[a], tonumber(ARGV[a + 1])
+  local first, last = a + 2, a + 1 + n
+  local pushed = n
+  if keep then
+    local kept = {}
+    for i = first, last do
+      e = e + 1
+      if keep[e] then
+        kept[#kept + 1] = ARGV[i]
+      end
+    end
+    push(KEYS[k], kept, 1, #kept)
+    pushed = #kept
+  else
+    push(KEYS[k], ARGV, first, last)
+  end
   -- LT: never postpone a drain that is already due earlier (a retry or hold keeps its own time)
-  redis.call('ZADD', KEYS[3], 'LT', due, shard)
+  if pushed > 0 then
+    redis.call('ZADD', KEYS[3], 'LT', due, shard)
+  end
   a = last + 1
 end
-if redis.call('LLEN', KEYS[4]) == 0 then
+for _, key in ipairs(touched) do
+  if pending[key] == '' then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, pending[key], 'PX', fp_ttl)
+  end
+end
+if appended > 0 and redis.call('LLEN', KEYS[4]) == 0 then
   redis.call('RPUSH', KEYS[4], '1')
 end
-return {1, total}
+if job then
+  redis.call('HSET', job, 'line', ARGV[8], 'offset', ARGV[9], 'state', ARGV[11], 'updated_ms', now_ms)
+  redis.call('HINCRBY', job, 'enqueued', appended)
+  redis.call('HINCRBY', job, 'skipped', count - appended)
+  redis.call('HINCRBY', job, 'rejected', tonumber(ARGV[10]))
+  redis.call('PEXPIRE', job, ARGV[12])
+end
+return {1, total, appended}
 """
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where an import job stands after a chunk; written by the same script call that appends it.
+
+    ``line`` and ``offset`` are the lines and bytes of the input consumed once the chunk is in;
+    ``rejected`` is the number of the chunk's lines that were refused (added to the job's count).
+    ``run`` must be the token the job's progress holds: a run another one has taken over stops.
+    ``ttl_ms``: the progress expires this long after its last update.
+    """
+
+    job: str
+    run: str
+    line: int
+    offset: int
+    rejected: int = 0
+    finished: bool = False
+    ttl_ms: int = 30 * 86_400_000  # import_job.JOB_TTL_MS, passed by the importer
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one enqueue script call did: records appended, records skipped as unchanged, queued total."""
+
+    enqueued: int
+    skipped: int
+    queued: int
 
 
 @dataclass
@@ -149,33 +264,81 @@ class IdentifyProducer:
                 raise QueueFull(full.queued, full.cap, report.enqueued) from None
             chunk.clear()
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client this producer uses (the importer keeps its job's progress through it)."""
+        return self._redis
+
     def enqueue_valid(self, records: Sequence[ValidRecord], enqueued_ms: int | None = None) -> int:
         """Append already-validated records in one atomic script; all of them or none."""
         if not records:
             return 0
+        return self.enqueue_chunk(records, enqueued_ms=enqueued_ms).enqueued
+
+    def enqueue_chunk(
+        self,
+        records: Sequence[ValidRecord],
+        *,
+        fingerprints: Sequence[bytes] | None = None,
+        fingerprint_ttl_ms: int = 0,
+        progress: JobProgress | None = None,
+        enqueued_ms: int | None = None,
+    ) -> ChunkResult:
+        """Append records, their users' fingerprints and an import job's progress in one script call.
+
+        With ``fingerprints`` (one per record, aligned), a record whose fingerprint equals its
+        user's stored one is skipped; every appended record stores its own (``b""``: the record
+        must never be skipped, and clears its user's).  Either everything is written or nothing:
+        QueueFull leaves the records, the fingerprints and the progress as they were.
+        """
+        if fingerprints is not None and (len(fingerprints) != len(records) or fingerprint_ttl_ms <= 0):
+            raise ValueError("fingerprints need one value per record and a positive fingerprint_ttl_ms")
         stamp = entry.now_ms() if enqueued_ms is None else enqueued_ms
         shards = self.config.shards
-        groups: dict[int, list[bytes]] = defaultdict(list)
-        for rec in records:
-            groups[entry.shard_of(rec.user_key, shards)].append(entry.encode(rec.user_key, rec.data, stamp))
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, rec in enumerate(records):
+            groups[entry.shard_of(rec.user_key, shards)].append(i)
         keys = [self.keys.meta, self.keys.total, self.keys.wakeups, self.keys.kick]
-        args: list[Any] = [shards, LAYOUT_VERSION, self.config.max_queued, len(records)]
-        for shard, entries in groups.items():
+        args: list[Any] = [shards, LAYOUT_VERSION, self.config.max_queued, len(records), len(groups)]
+        args += [fingerprint_ttl_ms if fingerprints is not None else 0]
+        if progress is None:
+            args += ["", 0, 0, 0, "", 0]
+        else:
+            state = "finished" if progress.finished else "running"
+            args += [progress.run, progress.line, progress.offset, progress.rejected, state, progress.ttl_ms]
+        order: list[int] = []
+        for shard, indices in groups.items():
             keys.append(self._shard_keys[shard])
-            args += [shard, len(entries), *entries]
+            args += [shard, len(indices)]
+            args += [entry.encode(records[i].user_key, records[i].data, stamp) for i in indices]
+            order += indices
+        if fingerprints is not None:
+            keys += [self.keys.fingerprint(records[i].user_key) for i in order]
+            args += [fingerprints[i] for i in order]
+        if progress is not None:
+            keys.append(self.keys.import_progress(progress.job))
+        ok, total, appended = self._run_enqueue(keys, args)
+        if not ok:
+            raise QueueFull(int(total), self.config.max_queued)
+        return ChunkResult(int(appended), len(records) - int(appended), int(total))
+
+    def _run_enqueue(self, keys: list[str], args: list[Any]) -> list[int]:
         try:
             with store_errors("enqueue"):
-                ok, total = self._enqueue(keys=keys, args=args)
+                result: list[int] = self._enqueue(keys=keys, args=args)
+                return result
         except StoreError as exc:
             if "QUEUE_MISMATCH" in str(exc):
                 raise QueueMismatch(
-                    f"this producer is configured for {shards} shards, but the queue in Redis "
+                    f"this producer is configured for {self.config.shards} shards, but the queue in Redis "
                     f"({exc}) was created differently; use the same IDENTIFY_SHARDS everywhere"
                 ) from None
+            if "IMPORT_TAKEN" in str(exc):
+                raise ImportJobError(
+                    "another run of this import job has taken it over (started with --resume or --restart); "
+                    "this run stops here, and everything it enqueued is recorded in the job's progress"
+                ) from None
             raise
-        if not ok:
-            raise QueueFull(int(total), self.config.max_queued)
-        return len(records)
 
     def queued(self) -> int:
         """Records accepted and not yet delivered or dead-lettered."""

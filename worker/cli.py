@@ -23,8 +23,15 @@ import orjson
 
 from producers.config import QueueConfig
 from producers.entry import now_ms as entry_now_ms
-from producers.errors import ConfigError, InvalidRecord, QueueFull, QueueMismatch, StoreError
-from producers.importer import import_jsonl
+from producers.errors import (
+    ConfigError,
+    ImportJobError,
+    InvalidRecord,
+    QueueFull,
+    QueueMismatch,
+    SourceError,
+    StoreError,
+)
 from producers.keys import Keys
 from producers.producer import IdentifyProducer
 from producers.record import DEVICE_FIELDS
@@ -55,12 +62,15 @@ def _friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ConfigError, QueueMismatch) as exc:
+        except (ConfigError, QueueMismatch, ImportJobError) as exc:
             click.echo(f"identify-queue: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
         except QueueFull as exc:
             click.echo(f"identify-queue: {exc}", err=True)
             sys.exit(EXIT_FULL)
+        except SourceError as exc:
+            click.echo(f"identify-queue: {exc}", err=True)
+            sys.exit(EXIT_REJECTED)
         except StoreError as exc:
             click.echo(f"identify-queue: {exc}", err=True)
             sys.exit(EXIT_STORE)
@@ -222,34 +232,114 @@ def enqueue(user_id: str | None, device_id: str | None, set_: tuple[str, ...], s
 @main.command("import")
 @click.argument("path", type=click.Path(allow_dash=True, dir_okay=False))
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    help="Input format (default: from the extension: .jsonl .ndjson .json, .csv .tsv, each also "
+    "with .gz; stdin: jsonl). Gzip is recognised by its content, whatever the name.",
+)
+@click.option(
+    "--job",
+    metavar="NAME",
+    help="The job whose progress Redis keeps, for --resume (default for a "
+    "file: its name and a digest of its path, size and mtime; stdin without --job is not resumable).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Go on from the job's recorded progress; nothing to do if it "
+    "finished, from the beginning if nothing is recorded.",
+)
+@click.option("--restart", is_flag=True, help="Import from the start although an interrupted run is recorded.")
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="COLUMN:NAME",
+    help="CSV: the column becomes property NAME (or user_id / device_id).",
+)
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help="CSV: convert property NAME's cells: str (default), int, float, bool, json.",
+)
+@click.option("--ignore", multiple=True, metavar="COLUMN", help="CSV: leave the column out.")
+@click.option(
+    "--empty",
+    type=click.Choice(["omit", "unset"]),
+    default="omit",
+    show_default=True,
+    help="CSV: an empty cell leaves the property out, or sends it as $unset.",
+)
+@click.option("--delimiter", metavar="CHAR", help="CSV: the separator (default ',', a tab for .tsv; 'tab').")
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Also write each rejected line to PATH as JSON Lines (line, field, rule, reason, text).",
+)
+@click.option(
+    "--skip-unchanged",
+    is_flag=True,
+    help="Leave out records equal to what was last enqueued for their user (not $add/$append/$prepend).",
+)
+@click.option(
+    "--fingerprint-ttl",
+    default="8d",
+    show_default=True,
+    metavar="DURATION",
+    help="How long a user's fingerprint is kept: each user is sent again at least this often.",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "bar", "lines", "none"]),
+    default="auto",
+    show_default=True,
+    help="A bar on a terminal, plain lines otherwise.",
+)
+@click.option(
+    "--progress-every",
+    default="5s",
+    show_default=True,
+    metavar="DURATION",
+    help="How often a plain progress line is written.",
+)
+@click.option(
     "--chunk-size",
     type=click.IntRange(1, 10_000),
     default=1000,
     show_default=True,
-    help="Records per Redis round trip.",
+    help="Lines per Redis round trip (each also records the job's progress).",
 )
 @_friendly_errors
-def import_(path: str, chunk_size: int) -> None:
-    """Enqueue identifications from a JSON Lines file (one identification per line; '-' is stdin).
+def import_(path: str, fmt: str | None, **options: Any) -> None:
+    """Enqueue identifications from a JSON Lines or CSV file, gzip or not ('-' is stdin).
 
-    Valid lines are enqueued; each rejected line is reported on stderr with its line number and
-    reason, and the exit code is 1 if any line was rejected.
+    Streams in constant memory, waits while the queue is full, and records its progress in Redis
+    with every chunk, atomically, so --resume after any interruption enqueues each line exactly
+    once. Each rejected line is reported on stderr with its line number and reason; the exit code
+    is 1 if any line of the job was rejected.
+
+    \b
+    Examples:
+      identify-queue import users.jsonl.gz --rejects rejects.jsonl
+      identify-queue import users.csv --map Email:email --map uid:user_id --type age=int --skip-unchanged
+      identify-queue import users.csv --resume          # after an interruption
+      warehouse-export | identify-queue import - --job nightly-users --format csv
     """
+    from producers.import_report import make_display, summary_line
+    from producers.importer import Importer, ImportOptions
 
-    def reject(number: int, error: InvalidRecord) -> None:
-        click.echo(f"line {number}: {error}", err=True)
-
+    settings = ImportOptions.from_cli(path, format=fmt, **options)  # type: ignore[arg-type]  # a click.Choice
     with IdentifyProducer.from_env() as producer:
-        if path == "-":
-            report = import_jsonl(sys.stdin.buffer, producer, on_reject=reject, chunk_size=chunk_size)
-        else:
-            try:
-                stream = open(path, "rb")  # noqa: SIM115
-            except OSError as exc:
-                raise click.BadParameter(str(exc), param_hint="PATH") from None
-            with stream:
-                report = import_jsonl(stream, producer, on_reject=reject, chunk_size=chunk_size)
-    click.echo(f"{report.enqueued} enqueued, {report.rejected} rejected, {report.lines} lines read")
+        display = make_display(settings.progress, sys.stderr, every_s=settings.progress_every_s)
+        try:
+            report = Importer(producer, settings, display=display).run(path)
+        finally:
+            display.close()
+    click.echo(summary_line(report.snapshot(), report.job, report.resumed_from))
     if report.rejected:
         sys.exit(EXIT_REJECTED)
 
