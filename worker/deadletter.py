@@ -54,7 +54,7 @@ def dead_letter(
         "user_key": e.user_key,
         "record": orjson.Fragment(e.data),
     }
-    return DeadLetter(doc["id"], failed_ms, reason, orjson.dumps(doc))  # type: ignore[arg-type]
+    return DeadLetter(doc["id"], failed_ms, reason, orjson.dumps(doc), user_key=e.user_key)  # type: ignore[arg-type]
 
 
 def dead_letter_raw(raw: bytes, failed_ms: int, detail: str) -> DeadLetter:

@@ -156,7 +156,9 @@ return current
 """
 
 # KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked, parked_why,
-#       budget slot, then one parked-list key per parked user (in ARGV order)
+#       budget slot, then one parked-list key per parked user (in ARGV order), then the import
+#       fingerprint of each dead-lettered record's user: deleted, so that `import --skip-unchanged`
+#       sends that user's update again instead of skipping it as already sent
 # ARGV: token, delivered, requests, last error ('' for none), budget ttl ms,
 #       n_keep, keep entries...,
 #       n_dead, dead (id, failed_ms, reason, json) x n_dead,
@@ -208,6 +210,7 @@ for b = 1, n_budget do
   a = a + 2
 end
 if n_budget > 0 then redis.call('PEXPIRE', KEYS[11], ARGV[5]) end
+for f = 12 + n_park, #KEYS do redis.call('DEL', KEYS[f]) end
 local done = delivered + n_dead
 if done > 0 then redis.call('DECRBY', KEYS[3], done) end
 if delivered > 0 then
@@ -294,6 +297,8 @@ class DeadLetter:
     failed_ms: int
     reason: str
     json: bytes
+    #: Whose record it is (None when the entry could not be decoded).
+    user_key: str | None = None
 
 
 @dataclass
@@ -400,6 +405,7 @@ class ShardStore:
         args.append(len(budget))
         for user, count in budget.items():
             args += [user, count]
+        keys += [self.keys.fingerprint(u) for u in {d.user_key for d in s.dead if d.user_key is not None}]
         self._run(self._settle, keys, args, "settle")
 
     def release(self, shard: int, token: str, *, retry_in_ms: int = 0, wake_in_ms: int = 0, clean: bool = True) -> None:
