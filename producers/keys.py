@@ -8,7 +8,8 @@ Global keys
     total          STRING records accepted and not yet delivered or dead-lettered (the cap's basis)
     wakeups        ZSET   shard -> time (ms) its drain is due; producers add, the dispatcher pops
     kick           LIST   at most one element: wakes a dispatcher blocked in BLPOP
-    stats          HASH   counters for `status` (delivered, requests, last error ...)
+    stats          HASH   counters for `status` (delivered, requests, replayed, last error ...)
+    rate:<bucket>  STRING records delivered in that ten-second bucket (for the delivery rate)
     blocked        HASH   set while a configuration error (such as a bad API key) stops sending
     dlq:entries    HASH   dead-letter id -> entry (JSON)
     dlq:index      ZSET   dead-letter id -> failed-at time (ms), for listing in order
@@ -115,6 +116,10 @@ class Keys:
             parked_why=f"{prefix}:parked_why",
             _prefix=prefix,
         )
+
+    def delivered_in(self, bucket: int) -> str:
+        """Records delivered in the ten-second bucket ``bucket`` (seconds since the epoch // 10)."""
+        return f"{self.namespace}:rate:{bucket}"
 
     def import_progress(self, job: str) -> str:
         return f"{self.import_progress_prefix}{job}"

@@ -51,6 +51,8 @@ def test_many_users_every_record_once_and_in_order(
     client = redis.Redis.from_url(queue_config.redis_url)
     status = gather(client, Keys(queue_config.namespace), queue_config.shards)
     assert (status["queued"], status["in_flight"], status["dead_letter"], status["delivered"]) == (0, 0, 0, 4000)
+    assert status["enqueued"] == 4000
+    assert status["delivery_rate_per_s"] > 0
     assert max(r[2] for r in amplitude.requests_log()) <= 150
 
 

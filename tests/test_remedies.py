@@ -263,4 +263,6 @@ def test_replay_interrupted_by_kill_9_neither_loses_nor_doubles_a_record(
     assert len(accepted) == total
     seen = {(r["user_id"], r["user_properties"]["$set"]["seq"]) for r in accepted}
     assert len(seen) == total
-    assert status(queue_config)["dead_letter"] == 0
+    final = status(queue_config)
+    assert final["dead_letter"] == 0
+    assert (final["enqueued"], final["delivered"], final["replayed"]) == (total, total, total)

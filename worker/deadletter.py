@@ -75,7 +75,7 @@ def dead_letter_raw(raw: bytes, failed_ms: int, detail: str) -> DeadLetter:
     return DeadLetter(str(doc["id"]), failed_ms, "undecodable", orjson.dumps(doc))
 
 
-# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, then one shard queue key per entry
+# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, stats, then one shard queue key per entry
 # ARGV: cap, then per entry: id, reason, shard, queue entry
 # Returns the number moved, or an error when the queue cap would be passed (nothing moved).
 REPLAY_LUA = """
@@ -92,13 +92,16 @@ for i = 0, n - 1 do
   if redis.call('HDEL', KEYS[1], id) == 1 then
     redis.call('ZREM', KEYS[2], id)
     if redis.call('HINCRBY', KEYS[3], reason, -1) <= 0 then redis.call('HDEL', KEYS[3], reason) end
-    redis.call('RPUSH', KEYS[7 + i], raw)
+    redis.call('RPUSH', KEYS[8 + i], raw)
     redis.call('INCR', KEYS[4])
     redis.call('ZADD', KEYS[5], 'LT', now, shard)
     moved = moved + 1
   end
 end
-if moved > 0 and redis.call('LLEN', KEYS[6]) == 0 then redis.call('RPUSH', KEYS[6], '1') end
+if moved > 0 then
+  redis.call('HINCRBY', KEYS[7], 'replayed', moved)
+  if redis.call('LLEN', KEYS[6]) == 0 then redis.call('RPUSH', KEYS[6], '1') end
+end
 return moved
 """
 
@@ -189,7 +192,7 @@ class DeadLetterQueue:
 
     def _replay_chunk(self, docs: Sequence[dict[str, Any]]) -> int:
         keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, self.keys.total,
-                self.keys.wakeups, self.keys.kick]  # fmt: skip
+                self.keys.wakeups, self.keys.kick, self.keys.stats]  # fmt: skip
         args: list[Any] = [self.config.max_queued]
         for doc in docs:
             shard = entries.shard_of(doc["user_key"], self.config.shards)

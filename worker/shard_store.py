@@ -18,6 +18,7 @@ The life of a claim:
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,7 +157,7 @@ return current
 """
 
 # KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked, parked_why,
-#       budget slot, then one parked-list key per parked user (in ARGV order), then the import
+#       budget slot, delivery-rate bucket, then one parked-list key per parked user (in ARGV order), then the import
 #       fingerprint of each dead-lettered record's user: deleted, so that `import --skip-unchanged`
 #       sends that user's update again instead of skipping it as already sent
 # ARGV: token, delivered, requests, last error ('' for none), budget ttl ms,
@@ -198,7 +199,7 @@ a = a + 1
 for p = 1, n_park do
   local user, release, reason = ARGV[a], now + tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 3
-  take_list(KEYS[11 + p])
+  take_list(KEYS[12 + p])
   -- GT: a new hold may extend a user's wait, never shorten it (it also adds a new user)
   redis.call('ZADD', KEYS[9], 'GT', release, user)
   if reason ~= '' then redis.call('HSET', KEYS[10], user, reason) end
@@ -210,12 +211,14 @@ for b = 1, n_budget do
   a = a + 2
 end
 if n_budget > 0 then redis.call('PEXPIRE', KEYS[11], ARGV[5]) end
-for f = 12 + n_park, #KEYS do redis.call('DEL', KEYS[f]) end
+for f = 13 + n_park, #KEYS do redis.call('DEL', KEYS[f]) end
 local done = delivered + n_dead
 if done > 0 then redis.call('DECRBY', KEYS[3], done) end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
   redis.call('HSET', KEYS[4], 'last_delivery_ms', now)
+  redis.call('INCRBY', KEYS[12], delivered)
+  redis.call('PEXPIRE', KEYS[12], 120000)
 end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_lettered', n_dead) end
 if reqs > 0 then redis.call('HINCRBY', KEYS[4], 'requests', reqs) end
@@ -392,7 +395,9 @@ class ShardStore:
         k = self.keys.shard(shard)
         keys = [
             k.lease, k.inflight, self.keys.total, self.keys.stats, k.state, self.keys.dlq_entries,
-            self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why, s.budget_key or k.state,
+            self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why,
+            s.budget_key or k.state,  # a stand-in key, untouched, when nothing counts against the budget
+            self.keys.delivered_in(int(time.time()) // 10),
         ]  # fmt: skip
         args: list[Any] = [token, s.delivered, s.requests, s.error, s.budget_ttl_ms, len(s.keep), *s.keep, len(s.dead)]
         for d in s.dead:

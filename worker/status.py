@@ -34,6 +34,11 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         pipe.zrange(keys.workers, 0, -1, withscores=True)
         pipe.time()
         replies = pipe.execute()
+    now_s = int(replies[-1][0])
+    with store_errors("read the delivery rate"):
+        # the current ten-second bucket and the six before it: the last minute and a bit
+        buckets = client.mget([keys.delivered_in(now_s // 10 - n) for n in range(7)])
+    rate_window_s = 60 + now_s % 10 + 1
     parked = _parked_counts(client, keys, [_text_map(replies[5 * s + 4]) for s in range(shards)])
     per_shard = []
     for s in range(shards):
@@ -51,6 +56,9 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
     total, dlq_len, dlq_counts, stats, blocked, workers, (sec, usec) = replies[5 * shards :]
     now_ms = int(sec) * 1000 + int(usec) // 1000
     stats = _text_map(stats)
+    delivered = int(stats.get("delivered", 0))
+    dead_lettered = int(stats.get("dead_lettered", 0))
+    replayed = int(stats.get("replayed", 0))
     return {
         "queued": sum(p["queued"] for p in per_shard),
         "in_flight": sum(p["in_flight"] for p in per_shard),
@@ -59,7 +67,13 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "dead_letter": int(dlq_len),
         "dead_letter_by_reason": {k: int(v) for k, v in _text_map(dlq_counts).items()},
         "accepted_not_done": int(total or 0),
-        "delivered": int(stats.get("delivered", 0)),
+        # every record a producer was told is accepted: still here, delivered, or dead-lettered
+        # (a replayed one is counted again when it comes back)
+        "enqueued": int(total or 0) + delivered + dead_lettered - replayed,
+        "delivered": delivered,
+        "dead_lettered": dead_lettered,
+        "replayed": replayed,
+        "delivery_rate_per_s": round(sum(int(b or 0) for b in buckets) / rate_window_s, 1),
         "requests": int(stats.get("requests", 0)),
         "last_delivery_ms": int(stats["last_delivery_ms"]) if "last_delivery_ms" in stats else None,
         "last_error": stats.get("last_error"),
@@ -103,18 +117,21 @@ def render(status: dict[str, Any]) -> str:
         f"{'held':<14}{status['held']:>12,}   (users paused after a 429)",
         f"{'deferred':<14}{status['deferred']:>12,}   (users past their hourly budget)",
         f"{'dead letter':<14}{status['dead_letter']:>12,}",
-        f"{'delivered':<14}{status['delivered']:>12,}   in {status['requests']:,} requests",
     ]
     for reason, count in sorted(status["dead_letter_by_reason"].items()):
         lines.append(f"  {reason:<12}{count:>12,}")
+    lines.append(f"{'delivered':<14}{status['delivered']:>12,}   in {status['requests']:,} requests, "
+                 f"{status['delivery_rate_per_s']:,.1f}/s over the last minute")  # fmt: skip
     if status["last_delivery_ms"]:
         ago = (status["time_ms"] - status["last_delivery_ms"]) / 1000
         lines.append(f"{'last delivery':<14}{ago:>11.1f}s ago")
     if status["blocked"]:
-        lines.append(f"BLOCKED: {status['blocked'].get('reason', '?')} (since {status['blocked'].get('since', '?')})")
+        blocked = status["blocked"]
+        since = (status["time_ms"] - int(blocked.get("since_ms", status["time_ms"]))) / 1000
+        lines.append(f"BLOCKED for {since:.0f} s, nothing is sent: {blocked.get('reason', '?')}")
     if status["last_error"]:
         lines.append(f"{'last error':<14}{status['last_error']}")
-    workers = ", ".join(w["name"] for w in status["workers"]) or "none seen in the last 30 s"
+    workers = ", ".join(w["name"] for w in status["workers"]) or f"none seen in the last {WORKER_STALE_S} s"
     lines.append(f"{'workers':<14}{workers}")
     busy = [p for p in status["shards"] if p["queued"] or p["in_flight"] or p["held"] or p["deferred"]]
     if busy:
@@ -127,4 +144,7 @@ def render(status: dict[str, Any]) -> str:
             lines.append(
                 f"{p['shard']:>5} {p['queued']:>10,} {p['in_flight']:>10,} {p['held']:>8,} {p['deferred']:>9,}  {state}"
             )
+        idle = len(status["shards"]) - len(busy)
+        if idle:
+            lines.append(f"({idle} other shards empty)")
     return "\n".join(lines)
