@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY producers ./producers
 COPY worker ./worker
-RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 identify
+RUN pip install --no-cache-dir ".[flower]" && useradd --create-home --uid 10001 identify
 USER identify
 ENTRYPOINT ["identify-queue"]
 CMD ["--help"]

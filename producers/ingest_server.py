@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
+from producers import logs
 from producers.entry import now_ms
 from producers.errors import ConfigError, QueueFull, QueueMismatch, RequestRefused, StoreError
 from producers.ingest import (
@@ -122,7 +123,7 @@ def run(
 ) -> None:
     """``identify-queue serve``: settings from the environment (the options win), logs on stderr."""
     settings = IngestSettings.from_env(insecure_no_auth=insecure_no_auth, host=host, port=port, threads=threads)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     serve(settings, ready)
 
 

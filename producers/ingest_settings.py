@@ -50,6 +50,8 @@ class IngestSettings:
     #: Retry-After of a 503 (queue full, Redis unreachable).
     retry_after_s: int = 10
     log_level: str = "INFO"
+    #: Plain text, or one JSON object per line (IDENTIFY_LOG_FORMAT=json), as the worker.
+    log_format: str = "text"
 
     @property
     def server_body_limit(self) -> int:
@@ -85,6 +87,7 @@ class IngestSettings:
             connection_limit=env_int(env, "IDENTIFY_INGEST_CONNECTION_LIMIT", cls.connection_limit, 1, 100_000),
             retry_after_s=env_int(env, "IDENTIFY_INGEST_RETRY_AFTER_S", cls.retry_after_s, 1, 3600),
             log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+            log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", "text", ("text", "json")),
         )
 
 

@@ -81,6 +81,7 @@ def worker_env(queue_config: QueueConfig, identify_url: str, **overrides: str) -
         "IDENTIFY_LEASE_TTL_S": "3",
         "IDENTIFY_DRAIN_SLICE_S": "1",
         "IDENTIFY_COALESCE": "0",
+        "IDENTIFY_METRICS_PORT": "0",
     }
     env.update(overrides)
     return env

@@ -58,5 +58,18 @@ def test_workers_stop_gracefully_and_wait_for_redis(compose: dict[str, Any]) -> 
 
 def test_the_image_installs_the_package_and_runs_the_command() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir ." in dockerfile
+    assert 'pip install --no-cache-dir ".[flower]"' in dockerfile
     assert 'ENTRYPOINT ["identify-queue"]' in dockerfile
+
+
+def test_the_full_stack_is_there(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) >= {"redis", "worker", "ingest", "flower", "local-amplitude"}
+    assert services["ingest"]["command"][0] == "serve"
+    assert "IDENTIFY_INGEST_TOKEN" in services["ingest"]["environment"]
+    assert services["flower"]["entrypoint"][:4] == ["celery", "-A", "worker.app", "flower"]
+    assert "--events" in services["worker"]["command"]
+    # every published port is on loopback: nothing is exposed by accident
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port

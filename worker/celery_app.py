@@ -14,13 +14,16 @@ import threading
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
 
 from producers.keys import Keys
+from producers.logs import use_format
 from producers.redis_conn import connect
+from worker import metrics
 from worker.budget import BudgetStore
 from worker.dispatcher import Dispatcher
 from worker.drain import Drainer
+from worker.metrics import Metrics
 from worker.ratelimit import RateLimiter
 from worker.settings import Settings
 from worker.shard_store import ShardStore
@@ -56,6 +59,12 @@ def _finish_batch_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: _stopping.set())
 
 
+@worker_process_shutdown.connect
+def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
+    if pid is not None:
+        metrics.process_exited(pid)
+
+
 @after_setup_logger.connect
 def _quiet_per_task_lines(**_: Any) -> None:
     # Celery logs every task received and succeeded at INFO; with a task per shard drain that is
@@ -88,7 +97,7 @@ def process_drainer(settings: Settings) -> Drainer:
             else None
         )
         drainer = _process["drainer"] = Drainer(
-            settings, store, sink, limiter=limiter, budget=budget, should_stop=_stopping.is_set
+            settings, store, sink, limiter=limiter, budget=budget, metrics=Metrics(), should_stop=_stopping.is_set
         )
         # Celery, kombu and our setup are long-lived; every drain allocates thousands of short-lived
         # objects, and each older-generation collection would scan them all again.  Freezing what
@@ -123,6 +132,13 @@ def create_app(settings: Settings) -> Celery:
         task_send_sent_event=False,
     )
 
+    def log_format(logger: logging.Logger | None = None, **_: Any) -> None:
+        if logger is not None:
+            use_format(logger, settings.log_format)
+
+    after_setup_logger.connect(log_format, weak=False)
+    after_setup_task_logger.connect(log_format, weak=False)
+
     @app.task(name=TASK_NAME, ignore_result=True)
     def drain(shard: int) -> None:
         process_drainer(settings).drain(int(shard))
@@ -148,6 +164,9 @@ def create_app(settings: Settings) -> Celery:
                 node=getattr(parent, "hostname", None),
             )
             self.dispatcher.start()
+            if settings.metrics_port:
+                metrics.serve(connect(settings.queue.redis_url), keys, settings.queue.shards,
+                              host=settings.metrics_host, port=settings.metrics_port)  # fmt: skip
             log.info(
                 "dispatching %d shards of namespace %r to %s",
                 settings.queue.shards, settings.queue.namespace, settings.identify_url,

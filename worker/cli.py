@@ -11,6 +11,7 @@ Exit codes, stable for scripts:
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import sys
@@ -120,6 +121,10 @@ def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -
     batch in flight and stops; records claimed and not acknowledged are read again first by the
     next drainer, so nothing is lost.
     """
+    from worker.metrics import prepare_multiprocess_dir
+
+    # Before anything imports prometheus_client: the pool processes keep their metrics in files.
+    prepare_multiprocess_dir()
     from worker.celery_app import create_app
     from worker.preflight import check_redis
     from worker.settings import Settings
@@ -135,7 +140,11 @@ def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -
     node = name or f"identify@{socket.gethostname()}"
     if "@" not in node:
         node = f"{node}@{socket.gethostname()}"
+    if settings.log_format == "json":
+        # Every line on stderr a JSON object: no banner, and Python's warnings through logging.
+        logging.captureWarnings(True)
     argv = [
+        *(["--quiet"] if settings.log_format == "json" else []),
         "worker", "--queues", Keys(settings.queue.namespace).celery_queue, "--concurrency", str(settings.concurrency),
         "--pool", pool, "--loglevel", settings.log_level, "--hostname", node,
         "--without-gossip", "--without-mingle", "--without-heartbeat",

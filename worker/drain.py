@@ -41,12 +41,13 @@ import orjson
 
 from producers import entry
 from producers.entry import Entry
-from producers.errors import InvalidRecord, LeaseLost, SinkError
+from producers.errors import InvalidRecord, LeaseLost, SinkError, SinkTimeout
 from worker import batcher
 from worker.backoff import retry_delay_s
 from worker.budget import BudgetStore
 from worker.coalesce import coalesce
 from worker.deadletter import dead_letter, dead_letter_raw
+from worker.metrics import Metrics
 from worker.outcome import Outcome, Verdict, classify, classify_error
 from worker.ratelimit import RateLimiter
 from worker.settings import Settings
@@ -94,10 +95,11 @@ class Work:
 class Drainer:
     def __init__(
         self, settings: Settings, store: ShardStore, sink: HttpSink, *, limiter: RateLimiter,
-        budget: BudgetStore | None, should_stop: Callable[[], bool] = lambda: False,
+        budget: BudgetStore | None, metrics: Metrics | None = None, should_stop: Callable[[], bool] = lambda: False,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.sink = sink
         self.limiter = limiter
         self.budget = budget
@@ -158,7 +160,7 @@ class Drainer:
             items, deferred = self._within_budget(shard, items)
             parked += deferred
         if dead or parked:
-            self.store.settle(shard, token, Settlement(dead=dead, parked=parked, keep=_raw(items)))
+            self._settle(shard, token, Settlement(dead=dead, parked=parked, keep=_raw(items)))
         max_bytes = self.settings.batch_max_bytes
         if claim.max_request_bytes:
             max_bytes = min(max_bytes, claim.max_request_bytes)
@@ -268,11 +270,23 @@ class Drainer:
         body = self.sink.body(batch_json([i.data for i in batch]))
         self.limiter.acquire(len(batch))
         self.store.renew(shard, token)
+        started = time.perf_counter()
         try:
             result = self.sink.post(body)
         except SinkError as exc:
+            self._observe("timeout" if isinstance(exc, SinkTimeout) else "connection_error", started, len(batch))
             return classify_error(exc), len(body)
+        self._observe(str(result.status), started, len(batch))
         return classify(result.status, result.headers, result.body, len(batch)), len(body)
+
+    def _observe(self, status: str, started: float, records: int) -> None:
+        if self.metrics is not None:
+            self.metrics.request(status, time.perf_counter() - started, records)
+
+    def _settle(self, shard: int, token: str, settlement: Settlement) -> None:
+        self.store.settle(shard, token, settlement)
+        if self.metrics is not None:
+            self.metrics.settled(settlement)
 
     # -- remedies ---------------------------------------------------------------------------------
     def _remedy(
@@ -306,7 +320,7 @@ class Drainer:
                 settlement.budget[item.user_key] = settlement.budget.get(item.user_key, 0) + 1
             settlement.budget_key = self.store.shard_keys(shard).budget(self.budget.slot(entry.now_ms()))
             settlement.budget_ttl_ms = self.budget.ttl_ms
-        self.store.settle(shard, token, settlement)
+        self._settle(shard, token, settlement)
 
     def _throttled(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
         """Hold the users Amplitude throttles (all of the batch's if it names none); resend the rest."""
@@ -322,7 +336,7 @@ class Drainer:
         work.pending = others
         parked = [Parking(user, pause_ms, "held", raws) for user, raws in waiting.items()]
         error = f"HTTP 429: {len(held)} user(s) held for {pause_ms / 1000:g} s"
-        self.store.settle(shard, token, Settlement(requests=1, parked=parked, keep=_raw(others), error=error))
+        self._settle(shard, token, Settlement(requests=1, parked=parked, keep=_raw(others), error=error))
         log.info("shard %d: %s; %d other record(s) go on", shard, error, len(_raw(others)))
 
     def _invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
@@ -340,14 +354,14 @@ class Drainer:
         good = [item for i, item in enumerate(batch) if i not in outcome.invalid]
         work.pending = unmerged + good + work.pending[len(batch) :]
         error = f"{len(dead)} record(s) refused as invalid: {outcome.detail}"
-        self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
+        self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
         log.warning("shard %d: %s; resending the other %d", shard, error, len(good))
 
     def _unnamed_invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause | None:
         if len(batch) > 1:
             half = (len(batch) + 1) // 2
             work.splits[0:0] = [half, len(batch) - half]
-            self.store.settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
             return None
         self._unnamed_run += 1
         now = entry.now_ms()
@@ -355,7 +369,7 @@ class Drainer:
         dead = [dead_letter(e, "invalid", now, detail=detail, status=400, response=outcome.excerpt)
                 for e in batch[0].entries]  # fmt: skip
         work.pending = work.pending[1:]
-        self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
+        self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
         if self._unnamed_run >= self.settings.unnamed_refusals_before_block:
             # Record after record refused, and none accepted: the request itself is at fault.
             self._unnamed_run = 0
@@ -370,18 +384,18 @@ class Drainer:
             half = (len(batch) + 1) // 2
             work.splits[0:0] = [half, len(batch) - half]
             error = f"413 for a {sent}-byte request; requests are now at most {work.max_bytes} bytes"
-            self.store.settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=error))
+            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=error))
             return
         now = entry.now_ms()
         detail = f"a {sent}-byte request holding only this record was refused with 413"
         dead = [dead_letter(e, "too_large", now, detail=detail, status=413, response=outcome.excerpt)
                 for e in batch[0].entries]  # fmt: skip
         work.pending = work.pending[1:]
-        self.store.settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
+        self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
 
     def _config_error(self, shard: int, token: str, work: Work, outcome: Outcome) -> Pause:
         # Not the records' fault: keep them all, unchanged, and stop every worker sending.
-        self.store.settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+        self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
         return self._block(outcome.detail, outcome)
 
     def _block(self, reason: str, outcome: Outcome) -> Pause:
@@ -422,7 +436,7 @@ class Drainer:
                 else:
                     retried.append(e.raw)
         rest = work.pending[len(batch) :]
-        self.store.settle(
+        self._settle(
             shard, token, Settlement(requests=1, dead=expired, keep=retried + _raw(rest), error=outcome.detail)
         )
         delay_ms = int(outcome.retry_after_s * 1000) if outcome.retry_after_s else self._backoff_ms(attempts)

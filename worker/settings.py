@@ -100,6 +100,10 @@ class Settings:
     coalesce: bool = True
     #: Celery worker processes on this machine.
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Prometheus metrics, served by each worker's main process; port 0 turns them off.
+    metrics_port: int = 9464
+    #: All interfaces by default: Prometheus scrapes from elsewhere, and metrics carry no secrets.
+    metrics_host: str = "0.0.0.0"
     #: Plain text for people, or one JSON object per line for log pipelines.
     log_format: str = "text"
     log_level: str = "INFO"
@@ -145,6 +149,8 @@ class Settings:
             budget_window_s=env_float(env, "IDENTIFY_BUDGET_WINDOW_S", cls.budget_window_s, 0.06, 86_400.0),
             coalesce=env_bool(env, "IDENTIFY_COALESCE", cls.coalesce),
             concurrency=env_int(env, "IDENTIFY_WORKER_CONCURRENCY", os.cpu_count() or 1, 1, 256),
+            metrics_port=env_int(env, "IDENTIFY_METRICS_PORT", cls.metrics_port, 0, 65535),
+            metrics_host=env_str(env, "IDENTIFY_METRICS_HOST", cls.metrics_host),
             log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", cls.log_format, ("text", "json")),
             log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
         )
