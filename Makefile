@@ -2,7 +2,7 @@
 # they need first (scripts/bootstrap: a .venv, the package, redis-server when absent).
 VENV := .venv/bin
 
-.PHONY: bootstrap demo test lint pytest bench bench-quick clean
+.PHONY: bootstrap demo test lint pytest bench clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -20,8 +20,13 @@ lint:
 pytest:
 	$(VENV)/pytest
 
+# Each writes its table to bench/results/; the README quotes those files.
 bench: bootstrap
 	$(VENV)/python -m bench.run
+	$(VENV)/python -m bench.throttling
+	$(VENV)/python -m bench.memory
+	$(VENV)/python -m bench.importer
+	$(VENV)/python -m bench.ingest
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis

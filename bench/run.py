@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = make_records(args.records, args.users)
     logs = Path(tempfile.mkdtemp(prefix="identify-queue-bench-"))
-    results: dict[str, list[Run]] = {"ours": [], "a": [], "b": []}
+    results: dict[str, list[Run]] = {"ours": [], "ours_no_budget": [], "a": [], "b": []}
     with LocalRedis() as local_redis:
         os.environ["BENCH_REDIS_URL"] = local_redis.url
         server = LocalAmplitudeProcess(api_key=API_KEY, log_path=logs / "server.log").start()
@@ -213,9 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for repeat in range(args.repeats):
                 print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr)
-                for kind in ("ours", "b", "a"):
+                for kind in ("ours", "ours_no_budget", "b", "a"):
                     if kind == "ours":
                         run = run_ours(local_redis.url, server, records, workers=args.workers, logs=logs)
+                    elif kind == "ours_no_budget":
+                        run = run_ours(local_redis.url, server, records, workers=args.workers, logs=logs,
+                                       extra_env={"IDENTIFY_USER_UPDATES_PER_HOUR": "0"},
+                                       name="identify-queue, budget guard off")  # fmt: skip
                     else:
                         subset = records[: args.baseline_a_records] if kind == "a" else records
                         run = run_baseline(kind, local_redis.url, server, subset, workers=args.workers, logs=logs)
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
     summary = {kind: median_run(runs) for kind, runs in results.items()}
-    ours, a, b = summary["ours"], summary["a"], summary["b"]
+    ours, bare, a, b = summary["ours"], summary["ours_no_budget"], summary["a"], summary["b"]
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Command: `{command.strip()}` ({args.repeats} runs each, medians; {args.workers} worker processes; "
@@ -234,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| contender | records | end-to-end records/s | worker CPU us/record | identify-queue is |",
         "|---|---:|---:|---:|---|",
-        f"| identify-queue (durable, ordered) | {ours['records']:,} | {ours['rate']:,.0f} | "
-        f"{ours['cpu_us_per_record']:.1f} | |",
+        f"| identify-queue (durable, ordered; defaults: hourly budget guard on) | {ours['records']:,} | "
+        f"{ours['rate']:,.0f} | {ours['cpu_us_per_record']:.1f} | |",
+        f"| identify-queue with IDENTIFY_USER_UPDATES_PER_HOUR=0 (no budget guard) | {bare['records']:,} | "
+        f"{bare['rate']:,.0f} | {bare['cpu_us_per_record']:.1f} | {bare['rate'] / a['rate']:.0f}x baseline (a), "
+        f"{bare['rate'] / b['rate']:.2f}x baseline (b) |",
         f"| baseline (b): Celery task per batch | {b['records']:,} | {b['rate']:,.0f} | "
         f"{b['cpu_us_per_record']:.1f} | {ours['rate'] / b['rate']:.2f}x as fast, "
         f"{b['cpu_us_per_record'] / ours['cpu_us_per_record']:.2f}x less CPU |",

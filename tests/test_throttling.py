@@ -22,6 +22,16 @@ from worker.outcome import Outcome, Verdict
 from worker.ratelimit import RateLimiter
 
 
+def budget_count(config: QueueConfig, user_key: str) -> int:
+    """What the hourly budget has counted for a user, over all its slots."""
+    client = redis.Redis.from_url(config.redis_url)
+    try:
+        keys = client.keys(f"{config.namespace}:{{s*}}:budget:*")
+        return sum(int(client.hget(k, user_key) or 0) for k in keys)
+    finally:
+        client.close()
+
+
 def first_arrival(arrivals: list[tuple[float, str]], users: set[str]) -> float:
     return min(t for t, u in arrivals if u in users)
 
@@ -53,6 +63,9 @@ def test_throttled_users_wait_in_order_while_the_others_go_on(
     if named:
         unaffected = {f"user-{u:05d}" for u in range(60)} - throttled
         assert last_arrival(arrivals, unaffected) < first_429 + 1.9
+    # The budget counts what was sent and applied: the refused attempts were given back
+    for user in ("user-00003", "user-00011", "user-00020"):
+        assert budget_count(queue_config, f"u:{user}") == 4
 
 
 def test_holds_are_in_redis_and_survive_a_worker_restart(

@@ -8,8 +8,8 @@ hour), in one Redis hash per shard and slot that expires after the window.
 A rolling window of an hour overlaps at most seven ten-minute slots, so a user may be sent more
 only while the counts of the current slot and the six before it stay within the limit: at most N
 in any rolling hour, exactly, at the price of looking ten minutes further back than strictly
-needed.  ``allowance`` is the decision, a pure function; ``BudgetStore`` reads the counts (one Lua
-call per claim) and the settle script adds what was accepted.
+needed.  ``allowance`` is the decision, a pure function; ``BudgetStore.reserve`` reads the counts
+and counts what may go, in one Lua call per claim; what is then not sent is refunded.
 
 Memory: one hash field per user per slot in which the user was sent something (bench/budget_memory.py
 measures it; see the README).
@@ -31,28 +31,59 @@ SLOTS = 6
 #: Users per Lua call: the script unpacks them into one command, and Lua's stack is limited.
 CHUNK = 2000
 
-# KEYS: the slot hashes, oldest first (SLOTS + 1); ARGV: limit, then per user: key, wanted.
-# Returns {total_1, ..., total_n, then for each user whose wanted updates would pass the limit:
-# its position (0-based), and its count in each slot, oldest first}.  Summing here keeps the
-# reply small: only users near the limit need their counts per slot.
-READ_LUA = """
-local limit = tonumber(ARGV[1])
+# KEYS: the slot hashes, oldest first (SLOTS + 1); the last is the current slot
+# ARGV: limit, ttl ms, n users, the n user keys, then k, then k pairs (position, wanted) for the
+#       users that want more than one
+# Reserves, in the current slot, what each user may be sent now, and returns, only for the users
+# that may not be sent all they want: {position (0-based), allowed, count in each slot...}.
+# Reserving while reading keeps the common case to one call, with no second one after sending.
+RESERVE_LUA = """
+local limit, ttl, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local users = {}
-for i = 2, #ARGV, 2 do users[#users + 1] = ARGV[i] end
-local per_slot = {}
-for k = 1, #KEYS do per_slot[k] = redis.call('HMGET', KEYS[k], unpack(users)) end
-local out, over = {}, {}
-for u = 1, #users do
-  local total = 0
-  for k = 1, #KEYS do total = total + tonumber(per_slot[k][u] or 0) end
-  out[u] = total
-  if total + tonumber(ARGV[2 * u + 1]) > limit then over[#over + 1] = u end
+for i = 1, n do users[i] = ARGV[3 + i] end
+local wanted = {}
+local k = tonumber(ARGV[4 + n])
+for i = 0, k - 1 do wanted[tonumber(ARGV[5 + n + 2 * i]) + 1] = tonumber(ARGV[6 + n + 2 * i]) end
+-- slot by slot: most users have nothing in most slots, and an empty field costs no conversion
+local totals, now_counts = {}, nil
+for s = 1, #KEYS do
+  local column = redis.call('HMGET', KEYS[s], unpack(users))
+  for u = 1, n do
+    local v = column[u]
+    if v then totals[u] = (totals[u] or 0) + tonumber(v) end
+  end
+  if s == #KEYS then now_counts = column end
 end
-for _, u in ipairs(over) do
-  out[#out + 1] = u - 1
-  for k = 1, #KEYS do out[#out + 1] = tonumber(per_slot[k][u] or 0) end
+local updates, out = {}, {}
+for u = 1, n do
+  local total = totals[u] or 0
+  local want = wanted[u] or 1
+  local allowed = math.max(0, math.min(want, limit - total))
+  if allowed > 0 then
+    updates[#updates + 1] = users[u]
+    updates[#updates + 1] = tonumber(now_counts[u] or 0) + allowed
+  end
+  if allowed < want then
+    out[#out + 1] = u - 1
+    out[#out + 1] = allowed
+    for s = 1, #KEYS do out[#out + 1] = tonumber(redis.call('HGET', KEYS[s], users[u]) or 0) end
+  end
+end
+if #updates > 0 then
+  redis.call('HSET', KEYS[#KEYS], unpack(updates))
+  redis.call('PEXPIRE', KEYS[#KEYS], ttl)
 end
 return out
+"""
+
+# KEYS: the slot a reservation was made in; ARGV: pairs (user, count) to give back
+REFUND_LUA = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
 """
 
 
@@ -86,9 +117,17 @@ def allowance(counts: Sequence[int], wanted: int, limit: int, now_ms: int, slot_
     return Allowance(allowed, (current_slot + len(counts)) * slot_ms - now_ms)
 
 
+class Reservation(NamedTuple):
+    #: The slot hash the reservation was counted in (a refund goes back to it).
+    slot_key: str
+    #: Users that may not be sent all they wanted now: how many they may, and when the next may go.
+    limited: dict[str, Allowance]
+
+
 class BudgetStore:
     def __init__(self, client: redis.Redis, limit: int, window_s: float) -> None:
-        self._script = client.register_script(READ_LUA)
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._refund = client.register_script(REFUND_LUA)
         self.limit = limit
         self.slot_ms = max(1, int(window_s * 1000 / SLOTS))
 
@@ -97,34 +136,40 @@ class BudgetStore:
         """A slot's hash must outlive the SLOTS after it, during which it is still summed."""
         return self.slot_ms * (SLOTS + 2)
 
-    def slot(self, now_ms: int) -> int:
-        return now_ms // self.slot_ms
+    def reserve(self, keys: ShardKeys, wanted: dict[str, int]) -> Reservation:
+        """Count, for each user, what it may be sent now; one Redis call per 2,000 users.
 
-    def allowances(self, keys: ShardKeys, wanted: dict[str, int]) -> dict[str, Allowance]:
-        """For each user, how many of its wanted updates may go now (one Redis call per 2,000 users)."""
+        What is reserved and then not sent (held, refused, still waiting) is given back with
+        ``refund``; what was sent, or may have been applied (an answer that never came), stays
+        counted, so the budget errs on the safe side.
+        """
         now_ms = int(time.time() * 1000)
-        current = self.slot(now_ms)
+        current = now_ms // self.slot_ms
         slot_keys = [keys.budget(s) for s in range(current - SLOTS, current + 1)]
         users = list(wanted)
-        out: dict[str, Allowance] = {}
+        limited: dict[str, Allowance] = {}
         for start in range(0, len(users), CHUNK):
-            out.update(self._read(slot_keys, users[start : start + CHUNK], wanted, now_ms))
-        return out
+            chunk = users[start : start + CHUNK]
+            args: list[str | int] = [self.limit, self.ttl_ms, len(chunk), *chunk]
+            several = [(i, wanted[u]) for i, u in enumerate(chunk) if wanted[u] > 1]
+            args.append(len(several))
+            for i, count in several:
+                args += [i, count]
+            with store_errors("reserve the hourly budget"):
+                reply = self._reserve(keys=slot_keys, args=args)
+            width = SLOTS + 3
+            for at in range(0, len(reply), width):
+                user = chunk[int(reply[at])]
+                # the counts as read, before this reservation: the same decision as the script's
+                counts = [int(c) for c in reply[at + 2 : at + width]]
+                limited[user] = allowance(counts, wanted[user], self.limit, now_ms, self.slot_ms)
+        return Reservation(slot_keys[-1], limited)
 
-    def _read(
-        self, slot_keys: list[str], users: list[str], wanted: dict[str, int], now_ms: int
-    ) -> dict[str, Allowance]:
-        args: list[str | int] = [self.limit]
-        for user in users:
-            args += [user, wanted[user]]
-        with store_errors("read the hourly budget"):
-            reply = self._script(keys=slot_keys, args=args)
-        totals = reply[: len(users)]
-        out = {u: Allowance(wanted[u], 0) for u, t in zip(users, totals, strict=True) if t + wanted[u] <= self.limit}
-        rest = reply[len(users) :]
-        width = SLOTS + 2
-        for start in range(0, len(rest), width):
-            user = users[int(rest[start])]
-            counts = [int(c) for c in rest[start + 1 : start + width]]
-            out[user] = allowance(counts, wanted[user], self.limit, now_ms, self.slot_ms)
-        return out
+    def refund(self, slot_key: str, counts: dict[str, int]) -> None:
+        args: list[str | int] = []
+        for user, count in counts.items():
+            if count > 0:
+                args += [user, count]
+        if args:
+            with store_errors("refund the hourly budget"):
+                self._refund(keys=[slot_key], args=args)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -90,6 +91,11 @@ class Work:
     careful: bool = False
     #: This claim probes a blocked sender; its first answer decides whether sending resumes.
     probe: bool = False
+    #: Budget reserved for this claim (slot key, per user), and what was sent and may have been
+    #: applied: the difference is refunded when the claim is done.
+    budget_slot: str = ""
+    reserved: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)
 
 
 class Drainer:
@@ -156,8 +162,9 @@ class Drainer:
             waiting = {p.user_key for p in parked}
             decoded = [e for e in decoded if e.user_key not in waiting]
         items = self._items(decoded)
+        budget_slot, reserved = "", dict[str, int]()
         if self.budget is not None and items:
-            items, deferred = self._within_budget(shard, items)
+            items, deferred, budget_slot, reserved = self._within_budget(shard, items)
             parked += deferred
         if dead or parked:
             self._settle(shard, token, Settlement(dead=dead, parked=parked, keep=_raw(items)))
@@ -169,7 +176,15 @@ class Drainer:
             max_bytes=max_bytes,
             careful=claim.recoveries >= self.settings.poison_after,
             probe=claim.probe,
+            budget_slot=budget_slot,
+            reserved=reserved,
         )
+        try:
+            return self._send_all(shard, token, work)
+        finally:
+            self._refund(work)
+
+    def _send_all(self, shard: int, token: str, work: Work) -> Pause | None:
         while work.pending and not self._should_stop():
             n = self._next_batch(work)
             batch = work.pending[:n]
@@ -230,29 +245,46 @@ class Drainer:
                 start += count
         return items
 
-    def _within_budget(self, shard: int, items: list[Item]) -> tuple[list[Item], list[Parking]]:
-        """Defer, in order, each user's identifications past its hourly budget."""
+    def _within_budget(self, shard: int, items: list[Item]) -> tuple[list[Item], list[Parking], str, dict[str, int]]:
+        """Reserve each user's budget for this claim; defer, in order, what is past it."""
         assert self.budget is not None
-        wanted: dict[str, int] = {}
-        for item in items:
-            wanted[item.user_key] = wanted.get(item.user_key, 0) + 1
-        allowances = self.budget.allowances(self.store.shard_keys(shard), wanted)
-        if all(a.wait_ms == 0 for a in allowances.values()):
-            return items, []
+        wanted = Counter(item.user_key for item in items)
+        reservation = self.budget.reserve(self.store.shard_keys(shard), wanted)
+        reserved = dict(wanted)
+        limited = reservation.limited
+        if not limited:
+            return items, [], reservation.slot_key, reserved
         keep: list[Item] = []
         deferred: dict[str, list[bytes]] = {}
         sent: dict[str, int] = {}
         for item in items:
             user = item.user_key
-            if sent.get(user, 0) < allowances[user].allowed and user not in deferred:
+            allowed = limited[user].allowed if user in limited else wanted[user]
+            if sent.get(user, 0) < allowed and user not in deferred:
                 sent[user] = sent.get(user, 0) + 1
                 keep.append(item)
             else:
                 deferred.setdefault(user, []).extend(e.raw for e in item.entries)
+        for user, a in limited.items():
+            reserved[user] = a.allowed
         for user, raws in deferred.items():
             log.info("shard %d: %s is past its budget of %d an hour; %d update(s) wait %.0f s", shard, user,
-                     self.settings.user_updates_per_hour, len(raws), allowances[user].wait_ms / 1000)  # fmt: skip
-        return keep, [Parking(u, allowances[u].wait_ms, "deferred", raws) for u, raws in deferred.items()]
+                     self.settings.user_updates_per_hour, len(raws), limited[user].wait_ms / 1000)  # fmt: skip
+        parked = [Parking(u, limited[u].wait_ms, "deferred", raws) for u, raws in deferred.items()]
+        return keep, parked, reservation.slot_key, reserved
+
+    def _refund(self, work: Work) -> None:
+        """Give back the budget reserved for what was not sent, or surely not applied."""
+        if self.budget is None or not work.reserved:
+            return
+        unused = {u: n - work.applied.get(u, 0) for u, n in work.reserved.items() if n > work.applied.get(u, 0)}
+        if unused:
+            self.budget.refund(work.budget_slot, unused)
+
+    @staticmethod
+    def _count_applied(work: Work, batch: list[Item]) -> None:
+        for item in batch:
+            work.applied[item.user_key] = work.applied.get(item.user_key, 0) + 1
 
     def _next_batch(self, work: Work) -> int:
         if work.careful:
@@ -313,14 +345,10 @@ class Drainer:
 
     def _accepted(self, shard: int, token: str, work: Work, batch: list[Item]) -> None:
         self._unnamed_run = 0
+        self._count_applied(work, batch)
         work.pending = work.pending[len(batch) :]
-        settlement = Settlement(delivered=sum(len(i.entries) for i in batch), requests=1, keep=_raw(work.pending))
-        if self.budget is not None:
-            for item in batch:
-                settlement.budget[item.user_key] = settlement.budget.get(item.user_key, 0) + 1
-            settlement.budget_key = self.store.shard_keys(shard).budget(self.budget.slot(entry.now_ms()))
-            settlement.budget_ttl_ms = self.budget.ttl_ms
-        self._settle(shard, token, settlement)
+        delivered = sum(len(i.entries) for i in batch)
+        self._settle(shard, token, Settlement(delivered=delivered, requests=1, keep=_raw(work.pending)))
 
     def _throttled(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
         """Hold the users Amplitude throttles (all of the batch's if it names none); resend the rest."""
@@ -421,6 +449,8 @@ class Drainer:
             log.warning("sending resumed after %.1f s blocked", blocked_ms / 1000)
 
     def _retry_later(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause:
+        # A 5xx or a lost answer may have been applied: it stays counted against the budget.
+        self._count_applied(work, batch)
         now = entry.now_ms()
         max_age_ms = self.settings.retry_max_age_s * 1000
         expired: list[DeadLetter] = []

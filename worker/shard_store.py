@@ -157,21 +157,20 @@ return current
 """
 
 # KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked, parked_why,
-#       budget slot, delivery-rate bucket, then one parked-list key per parked user (in ARGV order), then the import
+#       delivery-rate bucket, then one parked-list key per parked user (in ARGV order), then the import
 #       fingerprint of each dead-lettered record's user: deleted, so that `import --skip-unchanged`
 #       sends that user's update again instead of skipping it as already sent
-# ARGV: token, delivered, requests, last error ('' for none), budget ttl ms,
+# ARGV: token, delivered, requests, last error ('' for none),
 #       n_keep, keep entries...,
 #       n_dead, dead (id, failed_ms, reason, json) x n_dead,
 #       n_park, per parked user: user key, hold ms (from now, Redis's clock), reason ('': unchanged),
-#               n, entries...,
-#       n_budget, (user key, identifications sent) x n_budget
+#               n, entries...
 SETTLE_LUA = f"""
 {_FENCE}
 {_NOW_MS}
 local delivered, reqs = tonumber(ARGV[2]), tonumber(ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'last_error', ARGV[4], 'last_error_ms', now) end
-local a = 6
+local a = 5
 local function take_list(key)
   -- RPUSH the next n arguments onto key, in slices (Lua's C stack takes a few thousand values)
   local n = tonumber(ARGV[a])
@@ -199,26 +198,19 @@ a = a + 1
 for p = 1, n_park do
   local user, release, reason = ARGV[a], now + tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 3
-  take_list(KEYS[12 + p])
+  take_list(KEYS[11 + p])
   -- GT: a new hold may extend a user's wait, never shorten it (it also adds a new user)
   redis.call('ZADD', KEYS[9], 'GT', release, user)
   if reason ~= '' then redis.call('HSET', KEYS[10], user, reason) end
 end
-local n_budget = tonumber(ARGV[a])
-a = a + 1
-for b = 1, n_budget do
-  redis.call('HINCRBY', KEYS[11], ARGV[a], ARGV[a + 1])
-  a = a + 2
-end
-if n_budget > 0 then redis.call('PEXPIRE', KEYS[11], ARGV[5]) end
-for f = 13 + n_park, #KEYS do redis.call('DEL', KEYS[f]) end
+for f = 12 + n_park, #KEYS do redis.call('DEL', KEYS[f]) end
 local done = delivered + n_dead
 if done > 0 then redis.call('DECRBY', KEYS[3], done) end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
   redis.call('HSET', KEYS[4], 'last_delivery_ms', now)
-  redis.call('INCRBY', KEYS[12], delivered)
-  redis.call('PEXPIRE', KEYS[12], 120000)
+  redis.call('INCRBY', KEYS[11], delivered)
+  redis.call('PEXPIRE', KEYS[11], 120000)
 end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_lettered', n_dead) end
 if reqs > 0 then redis.call('HINCRBY', KEYS[4], 'requests', reqs) end
@@ -323,10 +315,6 @@ class Settlement:
     parked: list[Parking] = field(default_factory=list)
     #: A one-line description of what went wrong, shown by `status` as the last error.
     error: str = ""
-    #: Identifications sent per user, counted against the hourly budget in ``budget_key``.
-    budget: dict[str, int] = field(default_factory=dict)
-    budget_key: str = ""
-    budget_ttl_ms: int = 0
 
 
 class ShardStore:
@@ -396,20 +384,15 @@ class ShardStore:
         keys = [
             k.lease, k.inflight, self.keys.total, self.keys.stats, k.state, self.keys.dlq_entries,
             self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why,
-            s.budget_key or k.state,  # a stand-in key, untouched, when nothing counts against the budget
             self.keys.delivered_in(int(time.time()) // 10),
         ]  # fmt: skip
-        args: list[Any] = [token, s.delivered, s.requests, s.error, s.budget_ttl_ms, len(s.keep), *s.keep, len(s.dead)]
+        args: list[Any] = [token, s.delivered, s.requests, s.error, len(s.keep), *s.keep, len(s.dead)]
         for d in s.dead:
             args += [d.id, d.failed_ms, d.reason, d.json]
         args.append(len(s.parked))
         for p in s.parked:
             keys.append(k.parked_user(p.user_key))
             args += [p.user_key, p.hold_ms, p.reason, len(p.entries), *p.entries]
-        budget = s.budget if s.budget_key else {}
-        args.append(len(budget))
-        for user, count in budget.items():
-            args += [user, count]
         keys += [self.keys.fingerprint(u) for u in {d.user_key for d in s.dead if d.user_key is not None}]
         self._run(self._settle, keys, args, "settle")
 
