@@ -27,6 +27,8 @@ bench: bootstrap
 	$(VENV)/python -m bench.memory
 	$(VENV)/python -m bench.importer
 	$(VENV)/python -m bench.ingest
+	$(VENV)/python -m bench.stages
+	$(VENV)/python scripts/readme-figures
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -100,7 +100,7 @@ def _path(parts: list[str]) -> str:
 def validate(obj: Any, *, min_id_length: int = 5, max_record_bytes: int = 64 * 1024) -> ValidRecord:
     """Check ``obj`` against Amplitude's rules; return its user key and encoded bytes."""
     user_key = check(obj, min_id_length=min_id_length)
-    data = orjson.dumps(obj)
+    data = compact_json(obj)
     if len(data) > max_record_bytes:
         raise InvalidRecord("", "too_large", f"encodes to {len(data)} bytes, more than the {max_record_bytes} allowed")
     return ValidRecord(user_key, data)
@@ -114,6 +114,16 @@ def check(obj: Any, *, min_id_length: int = 5) -> str:
         return _check_top(obj, min_id_length)
     except _Bad as bad:
         raise InvalidRecord(_path(bad.parts), bad.rule, bad.message) from None
+
+
+def compact_json(obj: Any) -> bytes:
+    """``obj`` as JSON bytes, to be kept a while (a producer's chunk, a drainer's claim).
+
+    A copy of exactly the right size: orjson's own output buffer is allocated large and shrunk in
+    place, and holding a thousand of them made each dumps cost 2.2 us instead of 0.3
+    (bench/stages.py).
+    """
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 def validate_json(line: bytes | str, **limits: int) -> ValidRecord:

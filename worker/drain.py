@@ -43,6 +43,7 @@ import orjson
 from producers import entry
 from producers.entry import Entry
 from producers.errors import InvalidRecord, LeaseLost, SinkError, SinkTimeout
+from producers.record import compact_json
 from worker import batcher
 from worker.backoff import retry_delay_s
 from worker.budget import BudgetStore
@@ -240,7 +241,7 @@ class Drainer:
             start = 0
             for record, count in coalesce(records, self.settings.queue.max_record_bytes):
                 covered = tuple(entries[start : start + count])
-                data = covered[0].data if count == 1 else orjson.dumps(record)
+                data = covered[0].data if count == 1 else compact_json(record)
                 items.append(Item(data, covered))
                 start += count
         return items

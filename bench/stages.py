@@ -1,0 +1,68 @@
+"""Per-record cost of each stage of the hot path, in isolation (best of several timeit runs).
+
+    python -m bench.stages        # writes bench/results/stages.md
+
+These are the figures behind the README's design notes: validation, the queue entry, the form
+encoder against urllib's urlencode, and merging.
+"""
+
+from __future__ import annotations
+
+import sys
+import timeit
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from bench.run import ROOT, make_records
+from bench.throttling import event_mix
+from producers import entry
+from producers.record import validate
+from worker.coalesce import coalesce
+from worker.sink import batch_json, form_body
+
+N = 1000
+
+
+def best_us_per_record(run: Callable[[], object], records: int = N, repeat: int = 7, number: int = 20) -> float:
+    return min(timeit.repeat(run, number=number, repeat=repeat)) / number / records * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    records = make_records(N, N // 10)
+    valid = [validate(r) for r in records]
+    raws = [entry.encode(v.user_key, v.data, 1) for v in valid]
+    payload = batch_json([v.data for v in valid])
+    text = payload.decode()
+    hot = [r for r in event_mix(20_000, 2_000) if r["user_id"] == "mix-user-000000"][:N]
+    form = {"api_key": "key", "identification": text}
+    rows = [
+        ("validate an identification (every rule) and encode it", lambda: [validate(r) for r in records]),
+        ("queue entry: encode", lambda: [entry.encode(v.user_key, v.data, 1) for v in valid]),
+        ("queue entry: decode", lambda: [entry.decode(r) for r in raws]),
+        ("request body: our form encoder", lambda: form_body("key", payload)),
+        ("request body: urllib.parse.urlencode", lambda: urlencode(form)),
+    ]
+    timings = [(name, best_us_per_record(run)) for name, run in rows]
+    timings.append(("merge one hot user's 1,000 consecutive updates",
+                    best_us_per_record(lambda: coalesce(hot), len(hot), 3, 3)))  # fmt: skip
+    ours, theirs = len(form_body("key", payload)), len(urlencode(form))
+    command = "python -m bench.stages " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"Command: `{command.strip()}` (best of 7 runs; batches of {N:,} records of about {len(payload) // N} bytes)",
+        "",
+        "| stage | us per record |",
+        "|---|---:|",
+        *[f"| {name} | {us:.2f} |" for name, us in timings],
+        "",
+        f"Request body for 1,000 records: {ours:,} bytes with our encoder, {theirs:,} with urlencode "
+        f"({ours / theirs:.0%}).",
+    ]
+    text_out = "\n".join(lines)
+    print(text_out)
+    out = ROOT / "bench" / "results" / "stages.md"
+    out.write_text(text_out + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
