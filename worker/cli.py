@@ -597,17 +597,24 @@ def serve(host: str | None, port: int | None, threads: int | None, insecure_no_a
     default=None,
     help="Accept only the API key held in this environment variable (default: any key).",
 )
-def local_amplitude(host: str, port: int, api_key_env: str | None) -> None:
+@click.option("--faults", metavar="JSON", default=None,
+              help="Start misbehaving at once, as POST /_control would make it (for tests).")  # fmt: skip
+def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str | None) -> None:
     """Run a local Amplitude-compatible /identify endpoint (for the demo and tests)."""
     from worker.local_amplitude import serve
 
     api_key = os.environ.get(api_key_env) if api_key_env else None
+    if faults:
+        try:
+            orjson.loads(faults)
+        except orjson.JSONDecodeError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--faults") from None
 
     def ready(bound: int) -> None:
         click.echo(f"listening on http://{host}:{bound}", nl=True)
         sys.stdout.flush()
 
-    serve(host, port, api_key or None, ready=ready)
+    serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None)
 
 
 @main.command()

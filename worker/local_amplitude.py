@@ -337,12 +337,15 @@ def _parse_request(raw: bytes, content_type: str) -> tuple[str, bytes, list[Any]
 
 
 def serve(
-    host: str, port: int, api_key: str | None, threads: int = 8, ready: Callable[[int], None] | None = None
-) -> None:
+    host: str, port: int, api_key: str | None, *, threads: int = 8, ready: Callable[[int], None] | None = None,
+    faults: bytes | None = None,
+) -> None:  # fmt: skip
     """Serve until interrupted; ``ready`` is called with the bound port (useful with port 0)."""
     from waitress.server import create_server
 
     app = LocalAmplitude(api_key)
+    if faults:
+        app.control(faults)
     server = create_server(app, host=host, port=port, threads=threads, ident="local-amplitude", recv_bytes=1 << 20,
                            channel_timeout=300, connection_limit=1000)  # fmt: skip
     bound = int(server.effective_port)

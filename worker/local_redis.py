@@ -6,6 +6,7 @@ files in its own directory, and runs with ``maxmemory-policy noeviction`` as pro
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -18,11 +19,31 @@ import redis
 from producers.errors import ConfigError, StoreError
 
 
-def free_port() -> int:
+def free_port(*, stable: bool = False) -> int:
+    """A free loopback port.  ``stable``: below the kernel's ephemeral range, for a server that
+    is restarted on the same port (an ephemeral port may meanwhile be taken as the source port of
+    an outgoing connection, such as a worker retrying its requests)."""
+    if stable:
+        low = _ephemeral_low()
+        for _ in range(200):
+            port = random.randrange(max(1024, low - 12000), low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        bound: int = s.getsockname()[1]
+        return bound
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class LocalRedis:

@@ -50,8 +50,12 @@ class LocalAmplitudeProcess:
     def identify_url(self) -> str:
         return f"{self.base_url}/identify"
 
-    def start(self, port: int = 0, timeout_s: float = 20.0) -> LocalAmplitudeProcess:
+    def start(
+        self, port: int = 0, timeout_s: float = 20.0, faults: dict[str, Any] | None = None
+    ) -> LocalAmplitudeProcess:
         args = [*COMMAND, "local-amplitude", "--host", "127.0.0.1", "--port", str(port)]
+        if faults:
+            args += ["--faults", orjson.dumps(faults).decode()]
         if self.api_key:
             args += ["--api-key-env", "LOCAL_AMPLITUDE_API_KEY"]
         env = {**os.environ, "LOCAL_AMPLITUDE_API_KEY": self.api_key or ""}
