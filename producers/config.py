@@ -79,6 +79,15 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
     return raw
 
 
+def log_level_from_env(env: Mapping[str, str]) -> str:
+    return env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+
+
+def log_format_from_env(env: Mapping[str, str]) -> str:
+    """`text` for people, `json` (one object per line) for log pipelines."""
+    return env_choice(env, "IDENTIFY_LOG_FORMAT", "text", ("text", "json"))
+
+
 def redis_url_from_env(env: Mapping[str, str]) -> str:
     url = env_str(env, "REDIS_URL", DEFAULT_REDIS_URL)
     if not url.startswith(("redis://", "rediss://", "unix://")):

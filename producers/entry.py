@@ -40,7 +40,7 @@ def encode(user_key: str, data: bytes, enqueued_ms: int, attempts: int = 0) -> b
 
 
 def decode(raw: bytes) -> Entry:
-    """Parse an entry; a malformed one raises InvalidRecord (the drain dead-letters it as poison)."""
+    """Parse an entry; a malformed one raises InvalidRecord (the drain dead-letters it as undecodable)."""
     try:
         version, enqueued, attempts, key_len, rest = raw.split(b"|", 4)
         n = int(key_len)

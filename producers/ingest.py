@@ -250,8 +250,9 @@ def answer_failure(exc: IdentifyQueueError, retry_after_s: int) -> Answer:
         return Answer(503, {"code": 503, "error": f"Queue full ({exc.queued} of {exc.cap} records queued): "
                             "nothing was enqueued, retry later", "retry_after_s": retry_after_s}, retry)  # fmt: skip
     if isinstance(exc, StoreError):
-        return Answer(503, {"code": 503, "error": "Queue unavailable (Redis cannot be reached): nothing was "
-                            "enqueued, retry later", "retry_after_s": retry_after_s}, retry)  # fmt: skip
+        # A lost answer from Redis may hide a script that ran: "may not", so a retry can duplicate.
+        return Answer(503, {"code": 503, "error": "Queue unavailable (Redis cannot be reached): the records may "
+                            "not have been enqueued, retry later", "retry_after_s": retry_after_s}, retry)  # fmt: skip
     if isinstance(exc, QueueMismatch):
         # The operator's mistake, not the client's; the log says what to fix.
         return Answer(500, {"code": 500, "error": "The ingest endpoint is misconfigured (queue layout); see its log"})

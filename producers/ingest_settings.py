@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from producers.config import QueueConfig, env_choice, env_int, env_str
+from producers.config import QueueConfig, env_int, env_str, log_format_from_env, log_level_from_env
 from producers.errors import ConfigError
 
 TOKEN_VARIABLE = "IDENTIFY_INGEST_TOKEN"  # noqa: S105 (a variable name, not a secret)
@@ -86,8 +86,8 @@ class IngestSettings:
             idle_timeout_s=env_int(env, "IDENTIFY_INGEST_IDLE_TIMEOUT_S", cls.idle_timeout_s, 1, 3600),
             connection_limit=env_int(env, "IDENTIFY_INGEST_CONNECTION_LIMIT", cls.connection_limit, 1, 100_000),
             retry_after_s=env_int(env, "IDENTIFY_INGEST_RETRY_AFTER_S", cls.retry_after_s, 1, 3600),
-            log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
-            log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", "text", ("text", "json")),
+            log_level=log_level_from_env(env),
+            log_format=log_format_from_env(env),
         )
 
 

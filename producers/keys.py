@@ -4,7 +4,8 @@ All keys start with the namespace (``IDENTIFY_NAMESPACE``, default ``identify``)
 carry the shard in a hash tag, ``identify:{s7}:queue``, so that they share a Redis Cluster slot.
 
 Global keys
-    meta           HASH   layout of the queue (shard count, entry format); checked by every script
+    meta           HASH   layout of the queue (shard count, entry format), checked by every enqueue and
+                          replay; the workers' linger and any request size learned from a 413
     total          STRING records accepted and not yet delivered or dead-lettered (the cap's basis)
     wakeups        ZSET   shard -> time (ms) its drain is due; producers add, the dispatcher pops
     kick           LIST   at most one element: wakes a dispatcher blocked in BLPOP
@@ -26,7 +27,7 @@ Per shard ``{sN}``
     queue          LIST   entries waiting, oldest first
     inflight       LIST   entries a drainer claimed and has not settled; read again first on a crash
     lease          STRING token of the drainer that owns the shard, with a TTL
-    state          HASH   retry time, recovery count, parked counts
+    state          HASH   retry time, recovery count, `kept` mark of a clean release, dispatch time
     parked         ZSET   user -> release time (ms) of a user whose records wait (429 hold, budget)
     parked:<user>  LIST   that user's waiting entries, in order
     parked_why     HASH   user -> why it waits: held (429) or deferred (hourly budget)

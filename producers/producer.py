@@ -269,11 +269,11 @@ class IdentifyProducer:
         """The Redis client this producer uses (the importer keeps its job's progress through it)."""
         return self._redis
 
-    def enqueue_valid(self, records: Sequence[ValidRecord], enqueued_ms: int | None = None) -> int:
+    def enqueue_valid(self, records: Sequence[ValidRecord]) -> int:
         """Append already-validated records in one atomic script; all of them or none."""
         if not records:
             return 0
-        return self.enqueue_chunk(records, enqueued_ms=enqueued_ms).enqueued
+        return self.enqueue_chunk(records).enqueued
 
     def enqueue_chunk(
         self,
@@ -282,7 +282,6 @@ class IdentifyProducer:
         fingerprints: Sequence[bytes] | None = None,
         fingerprint_ttl_ms: int = 0,
         progress: JobProgress | None = None,
-        enqueued_ms: int | None = None,
     ) -> ChunkResult:
         """Append records, their users' fingerprints and an import job's progress in one script call.
 
@@ -293,7 +292,7 @@ class IdentifyProducer:
         """
         if fingerprints is not None and (len(fingerprints) != len(records) or fingerprint_ttl_ms <= 0):
             raise ValueError("fingerprints need one value per record and a positive fingerprint_ttl_ms")
-        stamp = entry.now_ms() if enqueued_ms is None else enqueued_ms
+        stamp = entry.now_ms()
         shards = self.config.shards
         groups: dict[int, list[int]] = defaultdict(list)
         for i, rec in enumerate(records):

@@ -64,3 +64,28 @@ def check_delivery(accepted: list[dict[str, Any]], users: int, per_user: int, pr
         assert first_time == list(range(per_user)), f"{user} received {seqs}"
     assert len(by_user(accepted)) == users, f"{len(by_user(accepted))} users received updates, expected {users}"
     return duplicates
+
+
+def redis_holds(client: Any, pattern: str, needle: bytes) -> list[bytes]:
+    """The keys matching ``pattern`` whose name or any value contains ``needle``.
+
+    Values are read by type (DUMP output is compressed and could hide the needle).
+    """
+    found = []
+    for key in client.scan_iter(pattern):
+        kind = client.type(key).decode()
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "hash":
+            values = [v for pair in client.hgetall(key).items() for v in pair]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == "set":
+            values = list(client.smembers(key))
+        else:
+            values = [repr(client.xrange(key)).encode()] if kind == "stream" else []
+        if needle in key or any(needle in (v or b"") for v in values):
+            found.append(key)
+    return found

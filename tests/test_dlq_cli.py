@@ -82,3 +82,11 @@ def test_purge_asks_first(populated: QueueConfig) -> None:
 )  # fmt: skip
 def test_since_takes_times_and_ages(value: str | None, expected: int | None) -> None:
     assert parse_since(value, now_ms=1_000_000_000_000) == expected
+
+
+def test_replay_with_another_shard_count_is_refused(populated: QueueConfig) -> None:
+    env = {"REDIS_URL": populated.redis_url, "IDENTIFY_NAMESPACE": populated.namespace, "IDENTIFY_SHARDS": "32"}
+    result = CliRunner().invoke(main, ["dlq", "replay", "--all"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "IDENTIFY_SHARDS is 32" in result.stderr
+    assert status(populated)["dead_letter"] == 5

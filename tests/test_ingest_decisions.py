@@ -262,7 +262,7 @@ def test_invalid_indices_collect_per_field_in_order() -> None:
 FAILURES = [
     (QueueFull(95, 100), 503, "Queue full (95 of 100 records queued): nothing was enqueued, retry later", True),
     (StoreError("enqueue: Redis is unreachable (refused)"), 503,
-     "Queue unavailable (Redis cannot be reached): nothing was enqueued, retry later", True),
+     "Queue unavailable (Redis cannot be reached): the records may not have been enqueued, retry later", True),
     (QueueMismatch("16 shards vs 8"), 500, "The ingest endpoint is misconfigured (queue layout); see its log", False),
     (ConfigError("?"), 500, "Internal error; see the endpoint's log", False),
 ]  # fmt: skip

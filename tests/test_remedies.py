@@ -18,7 +18,7 @@ from producers.entry import shard_of
 from producers.keys import Keys
 from producers.producer import IdentifyProducer
 from tests.conftest import StartWorker, worker_env
-from tests.helpers import SENTINEL_API_KEY, check_delivery, seq_records, wait_until
+from tests.helpers import SENTINEL_API_KEY, check_delivery, redis_holds, seq_records, wait_until
 from worker.deadletter import DeadLetterQueue, Selection
 from worker.local_redis import free_port
 from worker.local_stack import COMMAND, LocalAmplitudeProcess
@@ -109,8 +109,7 @@ def test_an_invalid_api_key_blocks_sending_keeps_everything_and_resumes(
     assert "sending resumed" in logs
     # The echoed key is in no log and no Redis key
     assert SENTINEL_API_KEY not in logs
-    for key in redis_client.scan_iter(f"{queue_config.namespace}:*"):
-        assert SENTINEL_API_KEY.encode() not in redis_client.dump(key), key
+    assert redis_holds(redis_client, f"{queue_config.namespace}:*", SENTINEL_API_KEY.encode()) == []
 
 
 def test_a_worker_restarted_with_the_right_key_resumes_at_once(
@@ -266,3 +265,18 @@ def test_replay_interrupted_by_kill_9_neither_loses_nor_doubles_a_record(
     final = status(queue_config)
     assert final["dead_letter"] == 0
     assert (final["enqueued"], final["delivered"], final["replayed"]) == (total, total, total)
+
+
+@pytest.mark.shards(1)
+def test_batches_are_cut_by_their_encoded_size(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    # Records of non-ASCII text: each byte is three once form-encoded, so 1,000 of them would make a
+    # body of about 2.7 MB from 0.9 MB of JSON
+    text = "東京都の天気は晴れ" * 33
+    producer.identify_many({"user_id": f"user-{i:05d}", "user_properties": {"note": text}} for i in range(1500))
+    start_worker()
+    wait_until(lambda: drained(queue_config), 60, "delivery")
+    assert amplitude.stats()["statuses"] == {"200": amplitude.stats()["requests"]}, "no 413"
+    assert amplitude.stats()["max_request_bytes"] <= 950_000
+    assert amplitude.stats()["accepted"] == 1500

@@ -16,6 +16,7 @@ from tests.helpers import check_delivery, seq_records, wait_until
 from tests.test_remedies import drained, status
 from worker.amplitude_model import apply
 from worker.budget import Allowance, allowance
+from worker.deadletter import DeadLetterQueue
 from worker.drain import Item, throttled_users
 from worker.local_stack import LocalAmplitudeProcess
 from worker.outcome import Outcome, Verdict
@@ -214,3 +215,41 @@ def test_fifty_updates_of_one_user_become_one_request_item(
         expected = apply(expected, update)
     assert amplitude.user("user-00042") == expected
     assert status(queue_config)["delivered"] == 50
+
+
+# -- review findings: merged items refused, long waits for a turn ----------------------------------
+@pytest.mark.shards(1)
+def test_a_refused_merged_item_is_split_back_in_place_keeping_the_users_order(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    # Given three updates of one user where the second cannot merge into the first ($preInsert after
+    # $set on the same property) but the third merges into the second; and Amplitude refusing any
+    # record naming `bad`, so it refuses the merged item (and later its second half)
+    updates = [
+        {"user_id": "user-alice", "user_properties": {"$set": {"seq": 0}}},
+        {"user_id": "user-alice", "user_properties": {"$preInsert": {"seq": 1}}},
+        {"user_id": "user-alice", "user_properties": {"$set": {"seq": 2, "bad": 1}}},
+    ]
+    producer.identify_many(updates)
+    amplitude.control(reject_properties=["bad"])
+    start_worker(IDENTIFY_COALESCE="1")
+    wait_until(lambda: drained(queue_config), 30, "delivery")
+    # Then the user's updates that are fine arrive in their order, and only the bad one is dead-lettered
+    assert [r["user_properties"] for r in amplitude.accepted()] == [u["user_properties"] for u in updates[:2]]
+    [dead] = DeadLetterQueue(queue_config).entries()
+    assert dead["record"] == updates[2]
+
+
+def test_a_long_wait_for_a_turn_keeps_the_shard(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, start_worker: StartWorker
+) -> None:
+    # Given a rate limit whose turns come further apart than a lease lasts (3 s in the tests)
+    producer.identify_many(seq_records(4, 2))
+    start_worker(concurrency=1, IDENTIFY_RATE_LIMIT_RPS="0.25", IDENTIFY_BATCH_SIZE="2", IDENTIFY_SHARDS="8")
+    wait_until(lambda: drained(queue_config), 60, "delivery at one request every 4 s")
+    # Then the waiting drainer kept its shard: nothing was taken for a dead worker's, or poison
+    assert check_delivery(amplitude.accepted(), 4, 2) == 0
+    assert status(queue_config)["dead_letter"] == 0
+    client = redis.Redis.from_url(queue_config.redis_url)
+    keys = Keys(queue_config.namespace)
+    assert not any(client.hget(keys.shard(s).state, "recoveries") for s in range(queue_config.shards))

@@ -2,7 +2,7 @@
 
 A batch is the JSON array ``[r1,r2,...]``; its size is the records' sizes, one comma between each,
 and the two brackets.  ``take`` answers how many leading records form the next request, so the
-drain can cut lazily: after a 413 the byte limit drops and the rest is cut again with it.
+drain cuts lazily: after a 413 the byte limit drops and the rest is cut again with it.
 """
 
 from __future__ import annotations
@@ -30,14 +30,3 @@ def take(sizes: Sequence[int], max_count: int, max_bytes: int) -> int:
             return max(n, 1)
         total += added
     return len(head)
-
-
-def cut(sizes: Sequence[int], max_count: int, max_bytes: int) -> list[range]:
-    """Every batch, as index ranges, cutting the whole sequence with one limit."""
-    out: list[range] = []
-    start = 0
-    while start < len(sizes):
-        n = take(sizes[start:], max_count, max_bytes)
-        out.append(range(start, start + n))
-        start += n
-    return out

@@ -11,7 +11,7 @@ in any rolling hour, exactly, at the price of looking ten minutes further back t
 needed.  ``allowance`` is the decision, a pure function; ``BudgetStore.reserve`` reads the counts
 and counts what may go, in one Lua call per claim; what is then not sent is refunded.
 
-Memory: one hash field per user per slot in which the user was sent something (bench/budget_memory.py
+Memory: one hash field per user per slot in which the user was sent something (bench/memory.py
 measures it; see the README).
 """
 

@@ -37,6 +37,7 @@ from producers.keys import Keys
 from producers.producer import IdentifyProducer
 from producers.record import DEVICE_FIELDS
 from producers.redis_conn import connect
+from worker.deadletter import REASONS  # imports no Celery: every command may use it
 
 EXIT_REJECTED, EXIT_CONFIG, EXIT_FULL, EXIT_STORE = 1, 2, 3, 4
 F = TypeVar("F", bound=Callable[..., Any])
@@ -410,7 +411,7 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else "-"
 
 
-REASON = click.option("--reason", type=click.Choice(["invalid", "too_large", "expired", "undecodable", "poison"]),
+REASON = click.option("--reason", type=click.Choice(REASONS),
                       help="Only entries dead-lettered for this reason.")  # fmt: skip
 SINCE = click.option(
     "--since", metavar="TIME", help="Only entries that failed since TIME (ISO 8601, or an age: 30m, 2h)."

@@ -24,12 +24,11 @@ import redis
 from producers import entry as entries
 from producers.config import QueueConfig
 from producers.entry import Entry
-from producers.errors import QueueFull, StoreError
+from producers.errors import QueueFull, QueueMismatch, StoreError
 from producers.keys import Keys
 from producers.redis_conn import connect, store_errors
 from worker.shard_store import DeadLetter
 
-RESPONSE_EXCERPT_CHARS = 500
 REASONS = ("invalid", "too_large", "expired", "undecodable", "poison")
 
 
@@ -47,7 +46,7 @@ def dead_letter(
         "reason": reason,
         "detail": detail,
         "status": status,
-        "response": response[:RESPONSE_EXCERPT_CHARS],
+        "response": response,  # already an excerpt (worker/outcome.py), with the API key masked
         "attempts": e.attempts,
         "first_enqueued_ms": e.enqueued_ms,
         "failed_at_ms": failed_ms,
@@ -75,11 +74,17 @@ def dead_letter_raw(raw: bytes, failed_ms: int, detail: str) -> DeadLetter:
     return DeadLetter(str(doc["id"]), failed_ms, "undecodable", orjson.dumps(doc))
 
 
-# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, stats, then one shard queue key per entry
-# ARGV: cap, then per entry: id, reason, shard, queue entry
-# Returns the number moved, or an error when the queue cap would be passed (nothing moved).
+# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, stats, meta, then one shard queue key
+#       per entry
+# ARGV: cap, shards, then per entry: id, reason, shard, queue entry
+# Returns the number moved, or an error when the queue cap would be passed or the shard count is not
+# the queue's (a user's records in two shards would lose their order); nothing is moved then.
 REPLAY_LUA = """
-local n = (#ARGV - 1) / 4
+local stored = redis.call('HGET', KEYS[8], 'shards')
+if stored and stored ~= ARGV[2] then
+  return redis.error_reply('QUEUE_MISMATCH shards=' .. stored)
+end
+local n = (#ARGV - 2) / 4
 local total = tonumber(redis.call('GET', KEYS[4]) or '0')
 if total + n > tonumber(ARGV[1]) then
   return redis.error_reply('QUEUE_FULL ' .. total)
@@ -88,11 +93,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local moved = 0
 for i = 0, n - 1 do
-  local id, reason, shard, raw = ARGV[2 + 4 * i], ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+  local id, reason, shard, raw = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
   if redis.call('HDEL', KEYS[1], id) == 1 then
     redis.call('ZREM', KEYS[2], id)
     if redis.call('HINCRBY', KEYS[3], reason, -1) <= 0 then redis.call('HDEL', KEYS[3], reason) end
-    redis.call('RPUSH', KEYS[8 + i], raw)
+    redis.call('RPUSH', KEYS[9 + i], raw)
     redis.call('INCR', KEYS[4])
     redis.call('ZADD', KEYS[5], 'LT', now, shard)
     moved = moved + 1
@@ -192,8 +197,8 @@ class DeadLetterQueue:
 
     def _replay_chunk(self, docs: Sequence[dict[str, Any]]) -> int:
         keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, self.keys.total,
-                self.keys.wakeups, self.keys.kick, self.keys.stats]  # fmt: skip
-        args: list[Any] = [self.config.max_queued]
+                self.keys.wakeups, self.keys.kick, self.keys.stats, self.keys.meta]  # fmt: skip
+        args: list[Any] = [self.config.max_queued, self.config.shards]
         for doc in docs:
             shard = entries.shard_of(doc["user_key"], self.config.shards)
             raw = entries.encode(doc["user_key"], orjson.dumps(doc["record"]), doc["first_enqueued_ms"])
@@ -206,6 +211,11 @@ class DeadLetterQueue:
             if "QUEUE_FULL" in str(exc):
                 queued = int(str(exc).rsplit(" ", 1)[-1].rstrip(")"))
                 raise QueueFull(queued, self.config.max_queued) from None
+            if "QUEUE_MISMATCH" in str(exc):
+                raise QueueMismatch(
+                    f"IDENTIFY_SHARDS is {self.config.shards}, but the queue in Redis was created with another "
+                    f"shard count ({exc}); replay with the same IDENTIFY_SHARDS as the producers and workers"
+                ) from None
             raise
 
     def purge(self, selection: Selection) -> int:

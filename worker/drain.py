@@ -42,7 +42,7 @@ import orjson
 
 from producers import entry
 from producers.entry import Entry
-from producers.errors import InvalidRecord, LeaseLost, SinkError, SinkTimeout
+from producers.errors import InvalidRecord, LeaseLost, SinkError, SinkTimeout, StoreError
 from producers.record import compact_json
 from worker import batcher
 from worker.backoff import retry_delay_s
@@ -126,8 +126,8 @@ class Drainer:
             deadline = time.monotonic() + self.settings.drain_slice_s
             while time.monotonic() < deadline and not self._should_stop():
                 claim = self.store.claim(shard, token, self.settings.batch_size)
-                if claim.blocked_wait_ms:
-                    pause = Pause(claim.blocked_wait_ms, retry=False)
+                if claim.wait_ms:
+                    pause = Pause(claim.wait_ms, retry=claim.wait_is_retry)
                     break
                 if not claim.entries:
                     break
@@ -137,17 +137,24 @@ class Drainer:
         except LeaseLost:
             log.warning("shard %d: lease lost while draining; another drainer took over", shard)
             return
+        except StoreError as exc:
+            # Redis failed us, not the records: nothing to count against them
+            log.warning("shard %d: %s; its records stay in flight and are read again first", shard, exc)
+            pause = Pause(self._backoff_ms(1), retry=True)
         except Exception:
             # A bug or an unexpected answer: what was claimed stays in flight, unmarked, so the next
             # claim counts a recovery; repeated, that isolates the record that causes it.
             log.exception("shard %d: drain failed; its records stay in flight and are read again first", shard)
             pause, clean = Pause(self._backoff_ms(1), retry=True), False
-        if pause is None:
-            self.store.release(shard, token, clean=clean)
-        elif pause.retry:
-            self.store.release(shard, token, retry_in_ms=pause.ms, clean=clean)
-        else:
-            self.store.release(shard, token, wake_in_ms=pause.ms, clean=clean)
+        try:
+            if pause is None:
+                self.store.release(shard, token, clean=clean)
+            elif pause.retry:
+                self.store.release(shard, token, retry_in_ms=pause.ms, clean=clean)
+            else:
+                self.store.release(shard, token, wake_in_ms=pause.ms, clean=clean)
+        except StoreError as exc:
+            log.warning("shard %d: cannot release its lease (%s); it expires on its own", shard, exc)
 
     def _process(self, shard: int, token: str, claim: Claim) -> Pause | None:
         """Send everything claimed, in order; return a pause if the shard must wait."""
@@ -187,9 +194,12 @@ class Drainer:
 
     def _send_all(self, shard: int, token: str, work: Work) -> Pause | None:
         while work.pending and not self._should_stop():
-            n = self._next_batch(work)
+            n, body = self._next_batch(work)
             batch = work.pending[:n]
-            outcome, sent_bytes = self._send(shard, token, batch)
+            sent = self._send(shard, token, batch, body)
+            if sent is None:
+                return None  # asked to stop while waiting for a turn: the batch stays in flight
+            outcome, sent_bytes = sent
             if work.probe:
                 work.probe = False
                 if outcome.verdict is not Verdict.CONFIG_ERROR:
@@ -250,7 +260,7 @@ class Drainer:
         """Reserve each user's budget for this claim; defer, in order, what is past it."""
         assert self.budget is not None
         wanted = Counter(item.user_key for item in items)
-        reservation = self.budget.reserve(self.store.shard_keys(shard), wanted)
+        reservation = self.budget.reserve(self.store.keys.shard(shard), wanted)
         reserved = dict(wanted)
         limited = reservation.limited
         if not limited:
@@ -287,21 +297,33 @@ class Drainer:
         for item in batch:
             work.applied[item.user_key] = work.applied.get(item.user_key, 0) + 1
 
-    def _next_batch(self, work: Work) -> int:
+    def _next_batch(self, work: Work) -> tuple[int, bytes]:
+        """How many pending items the next request holds, and its encoded body."""
         if work.careful:
-            return 1
+            return 1, self._body(work.pending[:1])
         budget = work.max_bytes - self._overhead
         n = batcher.take([len(i.data) for i in work.pending], self.settings.effective_batch_size, budget)
-        if work.splits:
-            cap = work.splits.pop(0)
-            if n < cap:
-                work.splits.insert(0, cap - n)  # the rest of that half still goes out on its own
+        cap = work.splits.pop(0) if work.splits else None
+        if cap is not None:
             n = min(n, cap)
-        return n
+        body = self._body(work.pending[:n])
+        # Cut by the records' JSON; escaping can grow the body (non-ASCII bytes take three), so the
+        # encoded size has the last word.
+        while len(body) > work.max_bytes and n > 1:
+            n = max(1, min(n - 1, n * work.max_bytes // len(body)))
+            body = self._body(work.pending[:n])
+        if cap is not None and n < cap:
+            work.splits.insert(0, cap - n)  # the rest of that part still goes out on its own
+        return n, body
 
-    def _send(self, shard: int, token: str, batch: list[Item]) -> tuple[Outcome, int]:
-        body = self.sink.body(batch_json([i.data for i in batch]))
-        self.limiter.acquire(len(batch))
+    def _body(self, items: list[Item]) -> bytes:
+        return self.sink.body(batch_json([i.data for i in items]))
+
+    def _send(self, shard: int, token: str, batch: list[Item], body: bytes) -> tuple[Outcome, int] | None:
+        """POST one batch; None if asked to stop while waiting for a turn under the rate limit."""
+        # The lease is renewed while waiting: a long wait for a turn must not hand the shard over.
+        if not self.limiter.acquire(len(batch), self._should_stop, lambda: self.store.renew(shard, token)):
+            return None
         self.store.renew(shard, token)
         started = time.perf_counter()
         try:
@@ -370,26 +392,29 @@ class Drainer:
 
     def _invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
         now = entry.now_ms()
-        refused = [batch[i] for i in sorted(outcome.invalid)]
-        # A merged item refused is split back into its updates (each may be fine on its own);
-        # only an update refused on its own is dead-lettered.
-        dead = [
-            dead_letter(item.entries[0], "invalid", now, detail=outcome.invalid[i], status=outcome.status,
-                        response=outcome.excerpt)
-            for i, item in zip(sorted(outcome.invalid), refused, strict=True)
-            if len(item.entries) == 1
-        ]  # fmt: skip
-        unmerged = [Item(e.data, (e,)) for item in refused if len(item.entries) > 1 for e in item.entries]
-        good = [item for i, item in enumerate(batch) if i not in outcome.invalid]
-        work.pending = unmerged + good + work.pending[len(batch) :]
+        dead: list[DeadLetter] = []
+        resend: list[Item] = []
+        for i, item in enumerate(batch):
+            if i not in outcome.invalid:
+                resend.append(item)
+            elif len(item.entries) > 1:
+                resend += _unmerge(item)  # each update may be fine on its own; in place, in order
+            else:
+                dead.append(dead_letter(item.entries[0], "invalid", now, detail=outcome.invalid[i],
+                                        status=outcome.status, response=outcome.excerpt))  # fmt: skip
+        work.pending = resend + work.pending[len(batch) :]
         error = f"{len(dead)} record(s) refused as invalid: {outcome.detail}"
         self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
-        log.warning("shard %d: %s; resending the other %d", shard, error, len(good))
+        log.warning("shard %d: %s; resending the other %d", shard, error, len(resend))
 
     def _unnamed_invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause | None:
         if len(batch) > 1:
             half = (len(batch) + 1) // 2
             work.splits[0:0] = [half, len(batch) - half]
+            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+            return None
+        if len(batch[0].entries) > 1:
+            work.pending = _unmerge(batch[0]) + work.pending[1:]
             self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
             return None
         self._unnamed_run += 1
@@ -414,6 +439,10 @@ class Drainer:
             work.splits[0:0] = [half, len(batch) - half]
             error = f"413 for a {sent}-byte request; requests are now at most {work.max_bytes} bytes"
             self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=error))
+            return
+        if len(batch[0].entries) > 1:
+            work.pending = _unmerge(batch[0]) + work.pending[1:]
+            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
             return
         now = entry.now_ms()
         detail = f"a {sent}-byte request holding only this record was refused with 413"
@@ -478,6 +507,11 @@ class Drainer:
 
     def _backoff_ms(self, attempts: int) -> int:
         return int(retry_delay_s(attempts, self.settings.retry_base_s, self.settings.retry_cap_s) * 1000)
+
+
+def _unmerge(item: Item) -> list[Item]:
+    """A merged item's updates, each on its own again, in order."""
+    return [Item(e.data, (e,)) for e in item.entries]
 
 
 def _raw(items: list[Item]) -> list[bytes]:

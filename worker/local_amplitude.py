@@ -11,7 +11,9 @@ It can be told to misbehave, so the worker's remedies can be tested against real
     POST /_control   {"statuses": [500, 500], "fail_rate": 0.3, "hang": true, "hang_users": ["u9"],
                       "delay_ms": 50,
                       "max_body_bytes": 20000, "invalid_key": true, "reject_users": ["u1"],
+                      "reject_properties": ["p"],
                       "name_invalid": false, "throttle_users": {"u2": 3.0}, "name_throttled": true,
+                      (a user's throttle lasts that many seconds from the first request naming it)
                       "seed": 7}
     POST /_reset     forget everything (state, log, faults)
     GET  /_stats     counts, statuses, accepted records, requests received and in progress
@@ -60,8 +62,10 @@ class Faults:
         self.invalid_key = bool(spec.get("invalid_key", False))
         self.reject_users = set(spec.get("reject_users", []))
         self.name_invalid = bool(spec.get("name_invalid", True))
-        now = time.monotonic()
-        self.throttle_until = {u: now + float(s) for u, s in dict(spec.get("throttle_users", {})).items()}
+        # a user's throttle starts with the first request that names it, not when it is set
+        self.throttle_for = {u: float(s) for u, s in dict(spec.get("throttle_users", {})).items()}
+        self.throttle_until: dict[str, float] = {}
+        self.reject_properties = set(spec.get("reject_properties", []))
         self.name_throttled = bool(spec.get("name_throttled", True))
         self.random = random.Random(spec.get("seed", 0))
 
@@ -193,7 +197,13 @@ class LocalAmplitude:
         return self._accept(items, identification, faults, received)
 
     def _throttled(self, items: list[Any], faults: Faults) -> bytes | None:
+        if not faults.throttle_for:
+            return None
         now = time.monotonic()
+        for item in items:
+            key = str(item.get("user_id") or item.get("device_id")) if isinstance(item, dict) else ""
+            if key in faults.throttle_for and key not in faults.throttle_until:
+                faults.throttle_until[key] = now + faults.throttle_for[key]
         active = {u for u, until in faults.throttle_until.items() if until > now}
         if not active:
             return None
@@ -221,6 +231,8 @@ class LocalAmplitude:
                 check(item, min_id_length=self.min_id_length)
                 if isinstance(item, dict) and item.get("user_id") in faults.reject_users:
                     raise InvalidRecord("user_id", "rejected", "rejected by /_control")
+                if faults.reject_properties and _names_a_property(item, faults.reject_properties):
+                    raise InvalidRecord("user_properties", "rejected", "rejected by /_control")
             except InvalidRecord as exc:
                 invalid.setdefault((exc.field or "identification").split(".")[0], []).append(i)
         if invalid:
@@ -292,6 +304,11 @@ class LocalAmplitude:
     def accepted_lines(self, since: int, limit: int) -> bytes:
         records = self._records()[since : since + limit]
         return b"".join(line + b"\n" for line in records)
+
+
+def _names_a_property(item: dict[str, Any], names: set[str]) -> bool:
+    props = amplitude_model.operations(item.get("user_properties") or {})
+    return any(name in names for body in props.values() if isinstance(body, dict) for name in body)
 
 
 def _phrase(status: int) -> str:

@@ -48,11 +48,13 @@ if rec_interval > 0 then
   wait = math.max(wait, rec_tat - tonumber(ARGV[4]) - now)
 end
 if wait > 0 then return math.ceil(wait) end
+-- each TAT lives until it is in the past, and a minute more: a slow limit's TAT can be far ahead
 if req_interval > 0 then
-  redis.call('SET', KEYS[1], string.format('%.0f', req_tat + req_interval), 'PX', 60000)
+  local tat = req_tat + req_interval
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 60000)
 end
 if rec_interval > 0 then
-  redis.call('SET', KEYS[2], string.format('%.0f', rec_tat), 'PX', 60000)
+  redis.call('SET', KEYS[2], string.format('%.0f', rec_tat), 'PX', math.ceil((rec_tat - now) / 1000) + 60000)
 end
 return 0
 """
@@ -69,7 +71,6 @@ class RateLimiter:
         self._rec_interval_us = int(1e6 / records_per_s) if records_per_s else 0
         self._rec_tolerance_us = self._rec_interval_us * max_batch
         self._sleep = sleep
-        self.waited_s = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -82,8 +83,16 @@ class RateLimiter:
             wait_us = int(self._script(keys=self._keys, args=args))
         return wait_us / 1e6
 
-    def acquire(self, records: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Wait for a turn; False if ``should_stop`` turned true while waiting."""
+    def acquire(
+        self,
+        records: int,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[], object] = lambda: None,
+    ) -> bool:
+        """Wait for a turn; False if ``should_stop`` turned true while waiting.
+
+        ``on_wait`` runs before each sleep (the drain renews its lease there).
+        """
         if not self.enabled:
             return True
         while True:
@@ -92,6 +101,5 @@ class RateLimiter:
                 return True
             if should_stop():
                 return False
-            wait = min(wait, MAX_SLEEP_S)
-            self.waited_s += wait
-            self._sleep(wait)
+            on_wait()
+            self._sleep(min(wait, MAX_SLEEP_S))

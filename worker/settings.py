@@ -19,6 +19,8 @@ from producers.config import (
     env_int,
     env_optional_float,
     env_str,
+    log_format_from_env,
+    log_level_from_env,
 )
 from producers.errors import ConfigError
 
@@ -109,10 +111,12 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if self.queue.max_record_bytes >= self.batch_max_bytes:
+        # Form encoding turns a non-ASCII byte into three: a record must fit a request even then.
+        if 3 * self.queue.max_record_bytes + 1024 > self.batch_max_bytes:
             raise ConfigError(
-                f"IDENTIFY_MAX_RECORD_BYTES ({self.queue.max_record_bytes}) must be smaller than "
-                f"IDENTIFY_BATCH_MAX_BYTES ({self.batch_max_bytes}): every record must fit in a request"
+                f"IDENTIFY_MAX_RECORD_BYTES ({self.queue.max_record_bytes}) must be at most a third of "
+                f"IDENTIFY_BATCH_MAX_BYTES ({self.batch_max_bytes}) less 1 KB: a record, form-encoded, "
+                "must fit in one request"
             )
         if self.lease_ttl_s < self.request_timeout_s + self.connect_timeout_s:
             raise ConfigError(
@@ -151,8 +155,8 @@ class Settings:
             concurrency=env_int(env, "IDENTIFY_WORKER_CONCURRENCY", os.cpu_count() or 1, 1, 256),
             metrics_port=env_int(env, "IDENTIFY_METRICS_PORT", cls.metrics_port, 0, 65535),
             metrics_host=env_str(env, "IDENTIFY_METRICS_HOST", cls.metrics_host),
-            log_format=env_choice(env, "IDENTIFY_LOG_FORMAT", cls.log_format, ("text", "json")),
-            log_level=env_choice(env, "IDENTIFY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+            log_format=log_format_from_env(env),
+            log_level=log_level_from_env(env),
         )
 
     @property

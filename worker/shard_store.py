@@ -26,7 +26,7 @@ from typing import Any
 import redis
 
 from producers.errors import LeaseLost, StoreError
-from producers.keys import Keys, ShardKeys
+from producers.keys import Keys
 from producers.redis_conn import store_errors
 
 #: Users whose hold ended, released by one claim (their entries all go into that claim).
@@ -53,8 +53,10 @@ return 1
 
 # KEYS: lease, queue, inflight, state, parked, blocked, meta, parked_why
 # ARGV: token, max entries, probe hold ms, parked-list key prefix, max users released per claim
-# Returns {recovered (0/1), recoveries, users still parked, blocked wait ms, probe (0/1), learned
-# max request bytes (0: none), entries...}.
+# Returns {recoveries, users still parked, wait ms, wait is a retry (0/1), probe (0/1), learned
+# max request bytes (0: none), entries...}.  A wait means nothing was claimed: the shard's own
+# retry time has not come (a task sent again meanwhile must not retry early), or sending is
+# blocked.
 # Users whose hold has ended are released first: all of their waiting entries move into inflight
 # ahead of anything from the queue, since they are older than that user's queued ones.
 # While sending is blocked (a configuration error), nothing is claimed until the next probe is
@@ -71,13 +73,17 @@ if parked > 0 then
   due_users = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 end
 if in_flight == 0 and #due_users == 0 and redis.call('LLEN', KEYS[2]) == 0 then
-  return {{0, 0, parked, 0, 0, learned}}
+  return {{0, parked, 0, 0, 0, learned}}
+end
+local retry_at = tonumber(redis.call('HGET', KEYS[4], 'retry_at') or '0')
+if retry_at > now then
+  return {{0, parked, retry_at - now, 1, 0, learned}}
 end
 local probe = 0
 if redis.call('EXISTS', KEYS[6]) == 1 then
   local next_probe = tonumber(redis.call('HGET', KEYS[6], 'next_probe_ms') or '0')
   if now < next_probe then
-    return {{0, 0, parked, next_probe - now, 0, learned}}
+    return {{0, parked, next_probe - now, 0, 0, learned}}
   end
   redis.call('HSET', KEYS[6], 'next_probe_ms', now + tonumber(ARGV[3]))
   probe = 1
@@ -90,7 +96,7 @@ if in_flight > 0 then
   else
     rec = redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
   end
-  local out = {{1, rec, parked, 0, probe, learned}}
+  local out = {{rec, parked, 0, 0, probe, learned}}
   for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = e end
   return out
 end
@@ -107,7 +113,7 @@ for _, user in ipairs(due_users) do
   redis.call('ZREM', KEYS[5], user)
   redis.call('HDEL', KEYS[8], user)
 end
-out[3] = redis.call('ZCARD', KEYS[5])
+out[2] = redis.call('ZCARD', KEYS[5])
 local room = tonumber(ARGV[2]) - taken
 if room > 0 then
   local items = redis.call('LRANGE', KEYS[2], 0, room - 1)
@@ -268,11 +274,12 @@ return 1
 @dataclass
 class Claim:
     entries: list[bytes]
-    recovered: bool
     recoveries: int
     parked_users: int
-    #: Sending is blocked by a configuration error: nothing was claimed; try again this much later.
-    blocked_wait_ms: int = 0
+    #: Nothing was claimed: ask again this much later, because the shard waits to retry
+    #: (``wait_is_retry``) or because a configuration error blocks sending.
+    wait_ms: int = 0
+    wait_is_retry: bool = False
     #: This claim is the probe of a blocked sender: its answer decides whether sending resumes.
     probe: bool = False
     #: A request size learned from a 413, smaller than the configured one (0: none learned).
@@ -349,8 +356,8 @@ class ShardStore:
         args = [token, max_entries, self._ttl_ms, k.parked_user_prefix, RELEASED_USERS_PER_CLAIM]
         reply = self._run(self._claim, keys, args, "claim")
         return Claim(
-            entries=reply[6:], recovered=reply[0] == 1, recoveries=int(reply[1]), parked_users=int(reply[2]),
-            blocked_wait_ms=int(reply[3]), probe=reply[4] == 1, max_request_bytes=int(reply[5]),
+            entries=reply[6:], recoveries=int(reply[0]), parked_users=int(reply[1]), wait_ms=int(reply[2]),
+            wait_is_retry=reply[3] == 1, probe=reply[4] == 1, max_request_bytes=int(reply[5]),
         )  # fmt: skip
 
     def block(
@@ -417,6 +424,3 @@ class ShardStore:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost(f"{action}: the shard's lease expired and may belong to another drainer") from None
             raise
-
-    def shard_keys(self, shard: int) -> ShardKeys:
-        return self.keys.shard(shard)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 
 import requests
@@ -61,8 +60,6 @@ class HttpResult:
     status: int
     headers: dict[str, str]
     body: bytes
-    request_bytes: int
-    seconds: float
 
 
 class HttpSink:
@@ -87,7 +84,6 @@ class HttpSink:
 
     def post(self, body: bytes) -> HttpResult:
         """POST an encoded body; an HTTP answer of any status comes back as an HttpResult."""
-        started = time.perf_counter()
         try:
             response = self._session.post(self.url, data=body, timeout=self._timeout, allow_redirects=False)
             content = response.content
@@ -100,11 +96,7 @@ class HttpSink:
         if not 200 <= response.status_code < 300:
             content = self.redact(content)
         return HttpResult(
-            status=response.status_code,
-            headers={k.lower(): v for k, v in response.headers.items()},
-            body=content,
-            request_bytes=len(body),
-            seconds=time.perf_counter() - started,
+            status=response.status_code, headers={k.lower(): v for k, v in response.headers.items()}, body=content
         )
 
     def redact(self, text: bytes) -> bytes:
