@@ -13,10 +13,12 @@ import timeit
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+import orjson
+
 from bench.run import ROOT, make_records
 from bench.throttling import event_mix
 from producers import entry
-from producers.record import validate
+from producers.record import compact_json, validate
 from worker.coalesce import coalesce
 from worker.sink import batch_json, form_body
 
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         ("queue entry: decode", lambda: [entry.decode(r) for r in raws]),
         ("request body: our form encoder", lambda: form_body("key", payload)),
         ("request body: urllib.parse.urlencode", lambda: urlencode(form)),
+    ]
+    rows += [
+        ("orjson.dumps, each result dropped at once", lambda: [len(orjson.dumps(r)) for r in records]),
+        ("orjson.dumps, a thousand results kept", lambda: [orjson.dumps(r) for r in records]),
+        ("orjson.dumps copied to exact size, kept (compact_json)", lambda: [compact_json(r) for r in records]),
     ]
     timings = [(name, best_us_per_record(run)) for name, run in rows]
     timings.append(("merge one hot user's 1,000 consecutive updates",

@@ -161,6 +161,7 @@ class JobStore:
     """Reads and takes a job's progress hash; the enqueue script writes it from then on."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._withdraw = client.register_script(WITHDRAW_LUA)
         self._redis = client
         self._keys = keys
         self._take = client.register_script(TAKE_LUA)
@@ -172,6 +173,12 @@ class JobStore:
         with store_errors("read import progress"):
             raw: dict[bytes, bytes] = self._redis.hgetall(self.key(job))  # type: ignore[assignment]
         return JobState.from_hash(raw)
+
+    def withdraw(self, job: str, token: str) -> None:
+        """Forget a job this run started and stopped before any line (a flag naming no column...),
+        so that the next run is a fresh start, not the resumption of an interruption."""
+        with store_errors("withdraw the import job"):
+            self._withdraw(keys=[self.key(job)], args=[token])
 
     def begin(self, job: str, current: dict[str, str], *, resume: bool,
               restart: bool) -> tuple[Decision, JobState | None, str]:  # fmt: skip
@@ -194,6 +201,15 @@ class JobStore:
             if taken:
                 return decision, (None if decision.action is Action.START else stored), token
             # Another run's chunk landed between the read and the take: decide again on what it wrote.
+
+
+# KEYS: the job's key; ARGV: this run's token.  Forget a job this run started and never advanced.
+WITHDRAW_LUA = """
+if redis.call('HGET', KEYS[1], 'run') == ARGV[1] and redis.call('HGET', KEYS[1], 'line') == '0' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def _text(value: int | None) -> str:

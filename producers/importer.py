@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from producers.errors import QueueFull
+from producers.errors import ConfigError, QueueFull, SourceError
 from producers.import_job import JOB_TTL_MS, Action, JobState, JobStore, default_job_name, identity
 from producers.import_options import ImportOptions, format_of
 from producers.import_parse import Good, Item, Rejected, csv_items, jsonl_items
@@ -98,11 +98,13 @@ class Importer:
         job = self.options.job or default_job_name(info)
         stored: JobState | None = None
         token = ""
+        fresh = False
         if job is None:
             self.display.note("reading stdin without --job: progress is not recorded, so it cannot be resumed")
         else:
             decision, stored, token = self._jobs.begin(job, identity(info, fmt), resume=self.options.resume,
                                                        restart=self.options.restart)  # fmt: skip
+            fresh = decision.action is Action.START
             if decision.note:
                 self.display.note(decision.note)
             if decision.action is Action.DONE:
@@ -119,6 +121,12 @@ class Importer:
                 _Run(self, source, info, report, token=token, rejects=rejects, started=started).go(
                     self._items(source, fmt)
                 )
+        except (ConfigError, SourceError):
+            # A header or flag mistake found on reading the input: nothing was imported, so the job
+            # must not look interrupted to the next run.
+            if job is not None and fresh:
+                self._jobs.withdraw(job, token)
+            raise
         finally:
             if rejects is not None:
                 rejects.close()

@@ -328,9 +328,10 @@ class IdentifyProducer:
                 return result
         except StoreError as exc:
             if "QUEUE_MISMATCH" in str(exc):
+                stored = str(exc).split("QUEUE_MISMATCH", 1)[1].strip(" )")
                 raise QueueMismatch(
-                    f"this producer is configured for {self.config.shards} shards, but the queue in Redis "
-                    f"({exc}) was created differently; use the same IDENTIFY_SHARDS everywhere"
+                    f"IDENTIFY_SHARDS is {self.config.shards}, but the queue in Redis was created with "
+                    f"{stored}; use the same IDENTIFY_SHARDS for every producer and worker"
                 ) from None
             if "IMPORT_TAKEN" in str(exc):
                 raise ImportJobError(

@@ -351,3 +351,15 @@ def test_csv_resumes_after_its_header_and_keeps_one_reject_per_line(compress: bo
     latest = {r["user_id"]: r["user_properties"]["$set"] for r in queued()}
     assert latest["user-00007"]["note"] == "note\n7" and latest["user-02807"]["note"] == "note\n2807"
     assert latest["user-02999"] == {"seq": 2999, "note": "plain"}
+
+
+def test_a_flag_naming_no_column_leaves_no_interrupted_job(run: Run, tmp_path: Path) -> None:
+    """A mistake found in the header stops the import before anything; the next run starts afresh."""
+    path = tmp_path / "fresh.csv"
+    path.write_text("uid,age\nuser-00001,31\n")
+    first = run(str(path), "--map", "uid:user_id", "--type", "agee=int")
+    assert first.exit_code == 2
+    assert "agee" in first.stderr
+    second = run(str(path), "--map", "uid:user_id", "--type", "age=int")
+    assert second.exit_code == 0, second.output
+    assert "1 enqueued" in second.stdout

@@ -403,9 +403,12 @@ class Drainer:
                 dead.append(dead_letter(item.entries[0], "invalid", now, detail=outcome.invalid[i],
                                         status=outcome.status, response=outcome.excerpt))  # fmt: skip
         work.pending = resend + work.pending[len(batch) :]
+        split = sum(1 for i in outcome.invalid if len(batch[i].entries) > 1)
         error = f"{len(dead)} record(s) refused as invalid: {outcome.detail}"
+        if split:
+            error += f"; {split} merged identification(s) refused, split back into their updates"
         self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
-        log.warning("shard %d: %s; resending the other %d", shard, error, len(resend))
+        log.warning("shard %d: %s; resending %d", shard, error, len(resend))
 
     def _unnamed_invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause | None:
         if len(batch) > 1:

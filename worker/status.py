@@ -77,7 +77,7 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "requests": int(stats.get("requests", 0)),
         "last_delivery_ms": int(stats["last_delivery_ms"]) if "last_delivery_ms" in stats else None,
         "last_error": stats.get("last_error"),
-        "blocked": _text_map(blocked) or None,
+        "blocked": _blocked(_text_map(blocked)),
         "workers": [
             {"name": name.decode(), "last_seen_s": round((now_ms - score) / 1000, 1)}
             for name, score in workers
@@ -105,6 +105,17 @@ def _parked_counts(client: redis.Redis, keys: Keys, why: list[dict[str, str]]) -
     return out
 
 
+def _blocked(fields: dict[str, str]) -> dict[str, Any] | None:
+    """Why sending is blocked, with its numbers as numbers (None when it is not)."""
+    if not fields:
+        return None
+    out: dict[str, Any] = dict(fields)
+    for name in ("since_ms", "probes", "next_probe_ms", "status"):
+        if out.get(name, "").isdigit():
+            out[name] = int(out[name])
+    return out
+
+
 def _text_map(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -122,6 +133,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  {reason:<12}{count:>12,}")
     lines.append(f"{'delivered':<14}{status['delivered']:>12,}   in {status['requests']:,} requests, "
                  f"{status['delivery_rate_per_s']:,.1f}/s over the last minute")  # fmt: skip
+    lines.append(f"{'enqueued':<14}{status['enqueued']:>12,}   ever; {status['dead_lettered']:,} dead-lettered, "
+                 f"{status['replayed']:,} replayed")  # fmt: skip
     if status["last_delivery_ms"]:
         ago = (status["time_ms"] - status["last_delivery_ms"]) / 1000
         lines.append(f"{'last delivery':<14}{ago:>11.1f}s ago")
