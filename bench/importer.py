@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import redis
 
+from bench.report import publish
 from producers.config import QueueConfig
 from producers.importer import Importer, ImportOptions
 from producers.keys import Keys
@@ -231,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "import.md")
     args = parser.parse_args(argv)
     text = run_bench(args.lines, args.baseline_lines, args.repeats)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    publish(text, args.out)
     return 0
 
 

@@ -40,6 +40,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 import redis
 
+from bench.report import publish
 from bench.run import make_records
 from worker.local_ingest import IngestProcess
 from worker.local_redis import LocalRedis
@@ -209,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = bench_ingest(requests=args.requests, clients=args.clients, threads=args.threads,
                         per_request=args.per_request, repeats=args.repeats)  # fmt: skip
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    publish(text, args.out)
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from bench.report import publish
 from bench.run import ROOT, make_records
 from producers.config import QueueConfig
 from producers.keys import Keys
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| hourly budget, a user updated in every slot of the last hour ({SLOTS + 1} slots) | "
         f"{per_user * (SLOTS + 1):.0f} bytes |",
     ])  # fmt: skip
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    publish(text, args.out)
     return 0
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import redis
 
+from bench.report import publish
 from producers.config import QueueConfig
 from producers.keys import Keys
 from producers.producer import IdentifyProducer
@@ -251,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{a['cpu_us_per_record'] / ours['cpu_us_per_record']:.0f}x less CPU |",
     ]
     text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    publish(text, args.out)
     raw = {k: [asdict(r) | {"rate": r.rate, "cpu_us_per_record": r.cpu_us_per_record} for r in v]
            for k, v in results.items()}  # fmt: skip
     args.out.with_suffix(".json").write_bytes(

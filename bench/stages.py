@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from bench.report import publish
 from bench.run import ROOT, make_records
 from bench.throttling import event_mix
 from producers import entry
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({ours / theirs:.0%}).",
     ]
     text_out = "\n".join(lines)
-    print(text_out)
-    out = ROOT / "bench" / "results" / "stages.md"
-    out.write_text(text_out + "\n")
+    publish(text_out, ROOT / "bench" / "results" / "stages.md")
     return 0
 
 

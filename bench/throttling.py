@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.report import publish
 from bench.run import API_KEY, ROOT, make_records, run_ours
 from worker.local_redis import LocalRedis
 from worker.local_stack import LocalAmplitudeProcess
@@ -136,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command.strip()}` (medians of {args.repeats} runs; 2 CPUs)", "",
         *merge_rows, "", *scale_rows,
     ])  # fmt: skip
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    publish(text, args.out)
     return 0
 
 
