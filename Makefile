@@ -28,6 +28,8 @@ bench: bootstrap
 	$(VENV)/python -m bench.importer
 	$(VENV)/python -m bench.ingest
 	$(VENV)/python -m bench.stages
+	$(VENV)/python -m bench.backlog
+	$(VENV)/python scripts/triage-transcript
 	$(VENV)/python scripts/readme-figures
 
 clean:

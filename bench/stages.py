@@ -33,14 +33,14 @@ def best_us_per_record(run: Callable[[], object], records: int = N, repeat: int 
 def main(argv: list[str] | None = None) -> int:
     records = make_records(N, N // 10)
     valid = [validate(r) for r in records]
-    raws = [entry.encode(v.user_key, v.data, 1) for v in valid]
+    raws = [entry.encode(v.user_key, v.data, 1, 1) for v in valid]
     payload = batch_json([v.data for v in valid])
     text = payload.decode()
     hot = [r for r in event_mix(20_000, 2_000) if r["user_id"] == "mix-user-000000"][:N]
     form = {"api_key": "key", "identification": text}
     rows = [
         ("validate an identification (every rule) and encode it", lambda: [validate(r) for r in records]),
-        ("queue entry: encode", lambda: [entry.encode(v.user_key, v.data, 1) for v in valid]),
+        ("queue entry: encode", lambda: [entry.tail(v.user_key, v.data) for v in valid]),
         ("queue entry: decode", lambda: [entry.decode(r) for r in raws]),
         ("request body: our form encoder", lambda: form_body("key", payload)),
         ("request body: urllib.parse.urlencode", lambda: urlencode(form)),

@@ -1,6 +1,15 @@
-"""How a record sits in a Redis list, and which shard it goes to.
+"""How a record sits in Redis, and which shard it goes to.
 
-An entry is ``1|<enqueued_ms>|<attempts>|<key length>|<user key>|<identification JSON>``.
+An entry is ``2|<seq>|<enqueued_ms>|<attempts>|<key length>|<user key>|<identification JSON>``.
+
+``seq`` is the entry's place in its shard, given by the enqueue script from a per-shard counter,
+and ``enqueued_ms`` is Redis's clock at that moment: a producer sends only the tail
+(``<attempts>|<key length>|<user key>|<JSON>``, see ``tail``) and the script puts the head in front.
+So a shard's entries are numbered in the order Redis accepted them, whatever the producers'
+clocks say; one user always maps to one shard, so ``seq`` orders each user's updates.  It is what
+keeps a user's waiting updates in order (``worker/waiting.py``) and what gives dead letters their
+replay order.
+
 The header lets a drainer group, order and age records without parsing their JSON, and lets the
 batch body be built by joining the JSON parts as they are.  ``attempts`` counts the requests that
 carried the record and failed in a retryable way; it is rewritten only on that (rare) path.
@@ -14,10 +23,11 @@ from typing import NamedTuple
 
 from producers.errors import InvalidRecord
 
-FORMAT = b"1"
+FORMAT = b"2"
 
 
 class Entry(NamedTuple):
+    seq: int
     enqueued_ms: int
     attempts: int
     user_key: str
@@ -31,26 +41,32 @@ def shard_of(user_key: str, shards: int) -> int:
 
 
 def now_ms() -> int:
+    """This machine's clock, for what is shown to people (progress, logs), never for queue decisions."""
     return time.time_ns() // 1_000_000
 
 
-def encode(user_key: str, data: bytes, enqueued_ms: int, attempts: int = 0) -> bytes:
+def tail(user_key: str, data: bytes, attempts: int = 0) -> bytes:
+    """What a producer sends for one record; the enqueue script prefixes ``2|<seq>|<enqueued_ms>|``."""
     key = user_key.encode()
-    return b"1|%d|%d|%d|%b|%b" % (enqueued_ms, attempts, len(key), key, data)
+    return b"%d|%d|%b|%b" % (attempts, len(key), key, data)
+
+
+def encode(user_key: str, data: bytes, seq: int, enqueued_ms: int, attempts: int = 0) -> bytes:
+    return b"2|%d|%d|%b" % (seq, enqueued_ms, tail(user_key, data, attempts))
 
 
 def decode(raw: bytes) -> Entry:
     """Parse an entry; a malformed one raises InvalidRecord (the drain dead-letters it as undecodable)."""
     try:
-        version, enqueued, attempts, key_len, rest = raw.split(b"|", 4)
+        version, seq, enqueued, attempts, key_len, rest = raw.split(b"|", 5)
         n = int(key_len)
         if version != FORMAT or rest[n : n + 1] != b"|":
             raise ValueError("bad header")
-        return Entry(int(enqueued), int(attempts), rest[:n].decode(), rest[n + 1 :], raw)
+        return Entry(int(seq), int(enqueued), int(attempts), rest[:n].decode(), rest[n + 1 :], raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRecord("", "undecodable", f"queue entry cannot be decoded: {raw[:80]!r}") from None
 
 
 def with_attempts(entry: Entry, attempts: int) -> Entry:
-    raw = encode(entry.user_key, entry.data, entry.enqueued_ms, attempts)
+    raw = encode(entry.user_key, entry.data, entry.seq, entry.enqueued_ms, attempts)
     return entry._replace(attempts=attempts, raw=raw)

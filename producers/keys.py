@@ -24,13 +24,17 @@ Global keys
     kombu:*        Celery's own keys (its broker queue of drain tasks), under kombu's global prefix
 
 Per shard ``{sN}``
-    queue          LIST   entries waiting, oldest first
+    queue          LIST   entries to send, oldest first
+    seq            STRING the last sequence number given to an entry of the shard (worker/waiting.py)
     inflight       LIST   entries a drainer claimed and has not settled; read again first on a crash
     lease          STRING token of the drainer that owns the shard, with a TTL
-    state          HASH   retry time, recovery count, `kept` mark of a clean release, dispatch time
-    parked         ZSET   user -> release time (ms) of a user whose records wait (429 hold, budget)
-    parked:<user>  LIST   that user's waiting entries, in order
-    parked_why     HASH   user -> why it waits: held (429) or deferred (hourly budget)
+    state          HASH   retry time, recovery count, `kept` mark of a clean release, dispatch time,
+                          the token of the last claim (to tell a lost lease from a crash)
+    parked         ZSET   user -> release time (ms) of a user whose updates wait (429 hold, budget, replay)
+    parked_why     HASH   user -> why it waits: held (429), deferred (hourly budget), replayed
+    waiting        ZSET   every waiting update of the shard, all at score 0, ordered by member:
+                          ``<user key length>:<user key>|<seq, 15 digits>|<entry>`` (worker/waiting.py)
+    dlq_seq        STRING the last number given to a dead letter of the shard (its id is ``<shard>-<n>``)
     budget:<slot>  HASH   user -> identifications sent in that ten-minute slot
 """
 
@@ -46,17 +50,12 @@ class ShardKeys:
     inflight: str
     lease: str
     state: str
+    seq: str
     parked: str
     parked_why: str
+    waiting: str
+    dlq_seq: str
     _prefix: str
-
-    @property
-    def parked_user_prefix(self) -> str:
-        """``parked_user(u)`` is this prefix followed by ``u``: the claim script releases users by it."""
-        return f"{self._prefix}:parked:"
-
-    def parked_user(self, user_key: str) -> str:
-        return f"{self.parked_user_prefix}{user_key}"
 
     def budget(self, slot: int) -> str:
         return f"{self._prefix}:budget:{slot}"
@@ -113,8 +112,11 @@ class Keys:
             inflight=f"{prefix}:inflight",
             lease=f"{prefix}:lease",
             state=f"{prefix}:state",
+            seq=f"{prefix}:seq",
             parked=f"{prefix}:parked",
             parked_why=f"{prefix}:parked_why",
+            waiting=f"{prefix}:waiting",
+            dlq_seq=f"{prefix}:dlq_seq",
             _prefix=prefix,
         )
 

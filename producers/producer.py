@@ -28,14 +28,16 @@ from producers.record import ValidRecord, validate
 from producers.redis_conn import connect, store_errors
 
 #: Entry format version, stored in the meta hash beside the shard count.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 
-# KEYS: meta, total, wakeups, kick; then one queue key per shard group; then, with fingerprints, one
-#       fingerprint key per entry (in entry order); then, with a job, the job's progress key.
+# KEYS: meta, total, wakeups, kick; then two keys per shard group: its queue and its sequence counter;
+#       then, with fingerprints, one fingerprint key per entry (in entry order); then, with a job, the
+#       job's progress key.
 # ARGV: 1 shards, 2 layout, 3 cap, 4 count, 5 groups, 6 fingerprint TTL ms (0: no fingerprints),
 #       7 job run token ('': no job), 8 line, 9 offset, 10 rejected (in this chunk), 11 job state,
-#       12 job TTL ms; then per group: shard id, number of entries, the entries; then, with
-#       fingerprints, one value per entry: its fingerprint, or '' for a record never skipped.
+#       12 job TTL ms; then per group: shard id, number of entries, the entries' tails (entry.tail);
+#       then, with fingerprints, one value per entry: its fingerprint, or '' for a record never skipped.
+# Each appended entry gets its head here: the shard's next sequence number and Redis's clock.
 # Returns {1, total, appended} when written, {0, total, 0} when the cap refuses the chunk (nothing
 # written, the job's progress included).
 ENQUEUE_LUA = """
@@ -59,7 +61,7 @@ end
 -- appear twice in one chunk, so the decision follows the chunk's own writes ('current').
 local keep, appended = nil, count
 local current, pending, touched = {}, {}, {}
-local fp_keys, fp_values = 4 + groups, 12 + 2 * groups + count
+local fp_keys, fp_values = 4 + 2 * groups, 12 + 2 * groups + count
 if fp_ttl > 0 then
   keep, appended = {}, 0
   -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself
@@ -101,20 +103,32 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = now_ms + tonumber(stored[3] or '0')
--- unpack in slices: Lua's C stack takes a few thousand values at most
-local function push(key, values, first, last)
+local stamp = '|' .. now_ms .. '|'
+-- number the tails values[first..last] from the shard's counter and append them, in slices:
+-- Lua's C stack takes a few thousand values at most
+local function push(key, seq_key, values, first, last)
+  local n = last - first + 1
+  if n <= 0 then return 0 end
+  local seq = redis.call('INCRBY', seq_key, n) - n
   local i = first
   while i <= last do
     local j = math.min(i + 999, last)
-    redis.call('RPUSH', key, unpack(values, i, j))
+    local slice = {}
+    for x = i, j do
+      seq = seq + 1
+      slice[#slice + 1] = '2|' .. seq .. stamp .. values[x]
+    end
+    redis.call('RPUSH', key, unpack(slice))
     i = j + 1
   end
+  return n
 end
 local a, e = 13, 0
-for k = 5, 4 + groups do
+for g = 1, groups do
+  local queue, seq_key = KEYS[3 + 2 * g], KEYS[4 + 2 * g]
   local shard, n = ARGV[a], tonumber(ARGV[a + 1])
   local first, last = a + 2, a + 1 + n
-  local pushed = n
+  local pushed
   if keep then
     local kept = {}
     for i = first, last do
@@ -123,10 +137,9 @@ for k = 5, 4 + groups do
         kept[#kept + 1] = ARGV[i]
       end
     end
-    push(KEYS[k], kept, 1, #kept)
-    pushed = #kept
+    pushed = push(queue, seq_key, kept, 1, #kept)
   else
-    push(KEYS[k], ARGV, first, last)
+    pushed = push(queue, seq_key, ARGV, first, last)
   end
   -- LT: never postpone a drain that is already due earlier (a retry or hold keeps its own time)
   if pushed > 0 then
@@ -203,7 +216,7 @@ class IdentifyProducer:
         self.keys = Keys(self.config.namespace)
         self._redis = client or connect(self.config.redis_url)
         self._enqueue = self._redis.register_script(ENQUEUE_LUA)
-        self._shard_keys = [self.keys.shard(s).queue for s in range(self.config.shards)]
+        self._shard_keys = [(k.queue, k.seq) for k in map(self.keys.shard, range(self.config.shards))]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IdentifyProducer:
@@ -292,7 +305,6 @@ class IdentifyProducer:
         """
         if fingerprints is not None and (len(fingerprints) != len(records) or fingerprint_ttl_ms <= 0):
             raise ValueError("fingerprints need one value per record and a positive fingerprint_ttl_ms")
-        stamp = entry.now_ms()
         shards = self.config.shards
         groups: dict[int, list[int]] = defaultdict(list)
         for i, rec in enumerate(records):
@@ -307,9 +319,9 @@ class IdentifyProducer:
             args += [progress.run, progress.line, progress.offset, progress.rejected, state, progress.ttl_ms]
         order: list[int] = []
         for shard, indices in groups.items():
-            keys.append(self._shard_keys[shard])
+            keys += self._shard_keys[shard]
             args += [shard, len(indices)]
-            args += [entry.encode(records[i].user_key, records[i].data, stamp) for i in indices]
+            args += [entry.tail(records[i].user_key, records[i].data) for i in indices]
             order += indices
         if fingerprints is not None:
             keys += [self.keys.fingerprint(records[i].user_key) for i in order]

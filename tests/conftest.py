@@ -7,7 +7,7 @@ test works in its own namespace of keys (and Celery queue), so tests cannot see 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -95,12 +95,17 @@ def start_worker(queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, tm
     """Start ``identify-queue worker`` processes; all are stopped when the test ends."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, identify_url: str | None = None, **env: str) -> WorkerProcess:
+    def start(
+        concurrency: int = 2, identify_url: str | None = None, pool: str = "prefork",
+        preload: Mapping[str, str] | None = None, **env: str,
+    ) -> WorkerProcess:  # fmt: skip
+        """``preload``: environment the worker gets beyond its settings (LD_PRELOAD for faketime)."""
         name = f"w{len(started)}-{secrets.token_hex(2)}"
         worker = WorkerProcess(
-            worker_env(queue_config, identify_url or amplitude.identify_url, **env),
+            {**worker_env(queue_config, identify_url or amplitude.identify_url, **env), **(preload or {})},
             name=name,
             concurrency=concurrency,
+            pool=pool,
             log_path=tmp_path / f"{name}.log",
         ).start()
         started.append(worker)

@@ -42,15 +42,17 @@ def run(config: QueueConfig, *args: str, input: str | None = None):  # type: ign
 def test_list_export_show(populated: QueueConfig) -> None:
     table = run(populated, "dlq", "list")
     assert table.exit_code == 0
-    reasons = [line.split()[2] for line in table.stdout.splitlines()[1:]]
-    assert sorted(reasons) == ["expired"] * 2 + ["invalid"] * 3
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:6] == ["id", "enqueued", "at", "failed", "at", "reason"]
+    assert sorted(row.split()[3] for row in rows) == ["expired"] * 2 + ["invalid"] * 3
     assert "5 shown of 5 dead-lettered" in table.stderr
     lines = [orjson.loads(line) for line in run(populated, "dlq", "export", "--reason", "invalid").stdout.splitlines()]
     assert sorted(d["record"]["user_id"] for d in lines) == ["user-bad-1", "user-bad-2", "user-bad-3"]
     assert all(d["reason"] == "invalid" and d["status"] == 400 for d in lines)
     one = orjson.loads(run(populated, "dlq", "show", lines[0]["id"]).stdout)
     assert one == lines[0]
-    assert set(one) >= {"record", "reason", "status", "response", "attempts", "first_enqueued_ms", "failed_at_ms"}
+    assert set(one) >= {"record", "reason", "status", "response", "attempts", "first_enqueued_ms", "failed_at_ms",
+                        "user_key", "seq"}  # fmt: skip
     assert run(populated, "dlq", "show", "no-such-id").exit_code == 1
     assert status(populated)["dead_letter_by_reason"] == {"invalid": 3, "expired": 2}
 

@@ -116,7 +116,7 @@ def item_for(key: str, data: bytes = b"{}") -> Item:
     from producers.entry import decode, encode
 
     user_key = key if key.startswith("d:") else f"u:{key}"
-    return Item(data, (decode(encode(user_key, data, 0)),))
+    return Item(data, (decode(encode(user_key, data, 1, 0)),))
 
 
 # -- the global rate limit ----------------------------------------------------------------------------

@@ -30,3 +30,20 @@ def take(sizes: Sequence[int], max_count: int, max_bytes: int) -> int:
             return max(n, 1)
         total += added
     return len(head)
+
+
+#: The smallest request size a 413 can teach us (below it, records are sent one by one anyway).
+MIN_LEARNED_BYTES = 1024
+
+
+def request_size_limit(configured: int, learned: int, learned_age_ms: int, recovery_ms: int) -> int:
+    """The request size in force: what a 413 taught (``learned``, 0 for nothing), doubled for each
+    quiet period that has passed since, up to the configured size.
+
+    One bad day must not shrink every request for ever: after each ``recovery_ms`` without a new
+    413 the limit probes upward again, and a 413 at the larger size lowers it once more.
+    """
+    if not learned:
+        return configured
+    periods = min(learned_age_ms // max(recovery_ms, 1), 30)
+    return min(configured, learned << periods)

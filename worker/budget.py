@@ -17,7 +17,6 @@ measures it; see the README).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -136,14 +135,18 @@ class BudgetStore:
         """A slot's hash must outlive the SLOTS after it, during which it is still summed."""
         return self.slot_ms * (SLOTS + 2)
 
-    def reserve(self, keys: ShardKeys, wanted: dict[str, int]) -> Reservation:
+    def reserve(self, keys: ShardKeys, wanted: dict[str, int], now_ms: int, reserved: dict[str, int]) -> Reservation:
         """Count, for each user, what it may be sent now; one Redis call per 2,000 users.
+
+        ``now_ms`` is Redis's clock (shard_store.RedisClock): every worker puts an update in the
+        same slot whatever its own clock says.  What each call reserved is added to ``reserved``
+        (user -> identifications) as soon as the call returns, so that a failure in a later call
+        leaves nothing reserved that the caller does not know of and cannot refund.
 
         What is reserved and then not sent (held, refused, still waiting) is given back with
         ``refund``; what was sent, or may have been applied (an answer that never came), stays
         counted, so the budget errs on the safe side.
         """
-        now_ms = int(time.time() * 1000)
         current = now_ms // self.slot_ms
         slot_keys = [keys.budget(s) for s in range(current - SLOTS, current + 1)]
         users = list(wanted)
@@ -157,12 +160,16 @@ class BudgetStore:
                 args += [i, count]
             with store_errors("reserve the hourly budget"):
                 reply = self._reserve(keys=slot_keys, args=args)
+            granted = {user: wanted[user] for user in chunk}
             width = SLOTS + 3
             for at in range(0, len(reply), width):
                 user = chunk[int(reply[at])]
                 # the counts as read, before this reservation: the same decision as the script's
                 counts = [int(c) for c in reply[at + 2 : at + width]]
                 limited[user] = allowance(counts, wanted[user], self.limit, now_ms, self.slot_ms)
+                granted[user] = limited[user].allowed
+            for user, n in granted.items():
+                reserved[user] = reserved.get(user, 0) + n
         return Reservation(slot_keys[-1], limited)
 
     def refund(self, slot_key: str, counts: dict[str, int]) -> None:

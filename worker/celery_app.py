@@ -33,9 +33,13 @@ log = logging.getLogger("identify_queue.worker")
 
 TASK_NAME = "identify_queue.drain"
 
-# One drainer per worker process, made after the fork: a Redis client and an HTTP session must not
-# be shared between processes.
-_process: dict[str, Drainer] = {}
+# One drainer per pool process, or per thread with `--pool threads`, made where it runs: a Redis
+# client and an HTTP session must not be shared between processes, and a drainer's state (its
+# claim, its HTTP session, its run of refused records) must not be shared between threads.  The
+# metrics are per process (prometheus_client registers each name once).
+_local = threading.local()
+_process: dict[str, Metrics] = {}
+_process_lock = threading.Lock()
 #: Set when a pool process is asked to stop: it finishes the request in flight, settles it, and
 #: drains no further.
 _stopping = threading.Event()
@@ -44,6 +48,7 @@ _process_is_pool_child = threading.Event()
 
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
+    vars(_local).clear()
     _process.clear()
     _stopping.clear()
     _process_is_pool_child.set()
@@ -74,10 +79,15 @@ def _quiet_per_task_lines(**_: Any) -> None:
 
 
 def process_drainer(settings: Settings) -> Drainer:
-    drainer = _process.get("drainer")
+    """This process's (or, with `--pool threads`, this thread's) drainer, made on first use."""
+    drainer: Drainer | None = getattr(_local, "drainer", None)
     if drainer is None:
-        if _process_is_pool_child.is_set():
-            _finish_batch_on_sigterm()
+        with _process_lock:
+            first = "metrics" not in _process
+            if first:
+                _process["metrics"] = Metrics()
+                if _process_is_pool_child.is_set():
+                    _finish_batch_on_sigterm()
         client = connect(settings.queue.redis_url)
         sink = HttpSink(
             settings.identify_url,
@@ -96,13 +106,15 @@ def process_drainer(settings: Settings) -> Drainer:
             if settings.user_updates_per_hour
             else None
         )
-        drainer = _process["drainer"] = Drainer(
-            settings, store, sink, limiter=limiter, budget=budget, metrics=Metrics(), should_stop=_stopping.is_set
-        )
-        # Celery, kombu and our setup are long-lived; every drain allocates thousands of short-lived
-        # objects, and each older-generation collection would scan them all again.  Freezing what
-        # exists now cut the worker's CPU per record by a fifth (bench/results/throughput.md).
-        gc.freeze()
+        drainer = _local.drainer = Drainer(
+            settings, store, sink, limiter=limiter, budget=budget, metrics=_process["metrics"],
+            should_stop=_stopping.is_set,
+        )  # fmt: skip
+        if first:
+            # Celery, kombu and our setup are long-lived; every drain allocates thousands of short-lived
+            # objects, and each older-generation collection would scan them all again.  Freezing what
+            # exists now cut the worker's CPU per record by a fifth (bench/results/throughput.md).
+            gc.freeze()
     return drainer
 
 

@@ -425,6 +425,11 @@ def dlq() -> None:
     Every entry keeps the identification as it was enqueued, the reason (invalid, too_large,
     expired, undecodable, poison), the HTTP status and an excerpt of the answer, the attempts, and
     when it was first enqueued and when it failed.
+
+    Replay puts each user's records back in their original order, ahead of what that user still
+    has queued or waiting. Updates of the user delivered meanwhile cannot be taken back: a replayed
+    record is applied after them (an old $set replayed after a newer one wins), so compare each
+    entry's enqueue time with the user's newer updates before replaying it.
     """
 
 
@@ -446,10 +451,12 @@ def dlq_list(reason: str | None, since: str | None, limit: int, as_json: bool) -
             click.echo(orjson.dumps(doc))
             continue
         if shown == 1:
-            click.echo(f"{'id':<23} {'failed at':<20} {'reason':<11} {'status':>6} {'tries':>5}  user / detail")
+            click.echo(f"{'id':<10} {'enqueued at':<20} {'failed at':<20} {'reason':<11} {'status':>6} {'tries':>5}  "
+                       "user / detail")  # fmt: skip
         status = doc["status"] if doc["status"] is not None else "-"
-        click.echo(f"{doc['id']:<23} {_when(doc['failed_at_ms']):<20} {doc['reason']:<11} {status:>6} "
-                   f"{doc['attempts']:>5}  {doc['user_key'] or '-'}: {doc['detail'][:60]}")  # fmt: skip
+        click.echo(f"{doc['id']:<10} {_when(doc['first_enqueued_ms']):<20} {_when(doc['failed_at_ms']):<20} "
+                   f"{doc['reason']:<11} {status:>6} {doc['attempts']:>5}  {doc['user_key'] or '-'}: "
+                   f"{doc['detail'][:60]}")  # fmt: skip
     if not as_json:
         click.echo(f"{shown} shown of {queue.count()} dead-lettered", err=True)
 

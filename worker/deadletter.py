@@ -2,20 +2,33 @@
 
 An entry keeps the identification exactly as it was enqueued, the reason (``invalid``,
 ``too_large``, ``expired``, ``undecodable``, ``poison``), the HTTP status and a bounded excerpt of
-the response, the number of attempts, and the first-enqueued and failed-at times.  Never the API
-key (responses are redacted before they get here) and never the request body.
+the response, the number of attempts, its user, its place in the shard (``seq``), and the
+enqueued and failed-at times (both Redis's clock).  Never the API key (responses are redacted
+before they get here) and never the request body.
 
-Entries live in a hash (id -> JSON) with an index sorted by failure time, and are never trimmed or
-evicted.  ``replay`` moves entries back onto their user's shard and ``purge`` deletes them, each in
-Lua scripts of bounded size, so a crash between two scripts leaves every entry either still
-dead-lettered or queued again: never both, never neither.
+Ids are ``<shard>-<n>``, ``n`` counted per shard by the settle script that dead-letters the
+record: unique by construction, and in the order records failed.  Entries live in a hash
+(id -> JSON) with an index sorted by failure time, and are never trimmed or evicted.
+
+Replay puts each user's records back in their original order, ahead of that user's records still
+queued or waiting (they are older): a replayed record becomes a waiting update of its user
+(worker/waiting.py), placed by its ``seq``, and due at once unless the user is held or deferred
+(then it waits with the others).  What replay cannot undo is what was delivered meanwhile: a user
+whose newer updates reached Amplitude after the record failed gets the old update applied after
+them (an old ``$set`` replayed after a newer one wins).  ``dlq list`` and ``show`` give each
+entry's enqueue time beside its failure time, so an operator can choose what to replay.
+
+``replay`` and ``purge`` work in Lua scripts of bounded size, each on one shard, so a crash between
+two scripts leaves every entry either still dead-lettered or queued again: never both, never
+neither.  Replay goes through each user's records in ``seq`` order, so an interrupted replay has
+put back the oldest ones; the rest, replayed later, still come after them.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, cast
 
 import orjson
@@ -28,13 +41,9 @@ from producers.errors import QueueFull, QueueMismatch, StoreError
 from producers.keys import Keys
 from producers.redis_conn import connect, store_errors
 from worker.shard_store import DeadLetter
+from worker.waiting import REPLAYED, WAITING_LUA
 
 REASONS = ("invalid", "too_large", "expired", "undecodable", "poison")
-
-
-def new_id(failed_ms: int) -> str:
-    """Ids sort by failure time, then at random."""
-    return f"{failed_ms:013d}-{secrets.token_hex(4)}"
 
 
 def dead_letter(
@@ -42,49 +51,50 @@ def dead_letter(
 ) -> DeadLetter:
     """A dead-letter entry for a decoded queue entry; the record is embedded as it was enqueued."""
     doc = {
-        "id": new_id(failed_ms),
         "reason": reason,
         "detail": detail,
         "status": status,
         "response": response,  # already an excerpt (worker/outcome.py), with the API key masked
         "attempts": e.attempts,
+        "seq": e.seq,
         "first_enqueued_ms": e.enqueued_ms,
         "failed_at_ms": failed_ms,
         "user_key": e.user_key,
         "record": orjson.Fragment(e.data),
     }
-    return DeadLetter(doc["id"], failed_ms, reason, orjson.dumps(doc), user_key=e.user_key)  # type: ignore[arg-type]
+    return DeadLetter(reason, orjson.dumps(doc), user_key=e.user_key)
 
 
 def dead_letter_raw(raw: bytes, failed_ms: int, detail: str) -> DeadLetter:
     """A dead-letter entry for a queue entry that cannot be decoded: its bytes, as text."""
     doc = {
-        "id": new_id(failed_ms),
         "reason": "undecodable",
         "detail": detail,
         "status": None,
         "response": "",
         "attempts": 0,
+        "seq": None,
         "first_enqueued_ms": None,
         "failed_at_ms": failed_ms,
         "user_key": None,
         "record": None,
         "raw": raw[:4096].decode("utf-8", "replace"),
     }
-    return DeadLetter(str(doc["id"]), failed_ms, "undecodable", orjson.dumps(doc))
+    return DeadLetter("undecodable", orjson.dumps(doc))
 
 
-# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, stats, meta, then one shard queue key
-#       per entry
-# ARGV: cap, shards, then per entry: id, reason, shard, queue entry
+# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, stats, meta, then the shard's
+#       waiting, parked, parked_why
+# ARGV: cap, shards, shard, then per entry: id, reason, user key, queue entry (with its seq)
 # Returns the number moved, or an error when the queue cap would be passed or the shard count is not
 # the queue's (a user's records in two shards would lose their order); nothing is moved then.
-REPLAY_LUA = """
+REPLAY_LUA = f"""
+{WAITING_LUA}
 local stored = redis.call('HGET', KEYS[8], 'shards')
 if stored and stored ~= ARGV[2] then
   return redis.error_reply('QUEUE_MISMATCH shards=' .. stored)
 end
-local n = (#ARGV - 2) / 4
+local n = (#ARGV - 3) / 4
 local total = tonumber(redis.call('GET', KEYS[4]) or '0')
 if total + n > tonumber(ARGV[1]) then
   return redis.error_reply('QUEUE_FULL ' .. total)
@@ -93,17 +103,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local moved = 0
 for i = 0, n - 1 do
-  local id, reason, shard, raw = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  local id, reason, user, raw = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
   if redis.call('HDEL', KEYS[1], id) == 1 then
     redis.call('ZREM', KEYS[2], id)
     if redis.call('HINCRBY', KEYS[3], reason, -1) <= 0 then redis.call('HDEL', KEYS[3], reason) end
-    redis.call('RPUSH', KEYS[9 + i], raw)
+    local seq = entry_user(raw)
+    wait_add(KEYS[9], user, seq, raw)
+    -- due now, unless the user already waits (held, deferred): then with the others
+    if redis.call('ZADD', KEYS[10], 'NX', now, user) == 1 then redis.call('HSET', KEYS[11], user, '{REPLAYED}') end
     redis.call('INCR', KEYS[4])
-    redis.call('ZADD', KEYS[5], 'LT', now, shard)
     moved = moved + 1
   end
 end
 if moved > 0 then
+  redis.call('ZADD', KEYS[5], 'LT', now, ARGV[3])
   redis.call('HINCRBY', KEYS[7], 'replayed', moved)
   if redis.call('LLEN', KEYS[6]) == 0 then redis.call('RPUSH', KEYS[6], '1') end
 end
@@ -154,7 +167,7 @@ class DeadLetterQueue:
     def show(self, entry_id: str) -> dict[str, Any] | None:
         with store_errors("read dead letter"):
             raw = self._redis.hget(self.keys.dlq_entries, entry_id)
-        return orjson.loads(raw) if raw else None
+        return _doc(entry_id, raw) if raw else None
 
     def entries(self, selection: Selection = Selection()) -> Iterator[dict[str, Any]]:
         """Matching entries, oldest failure first, read a chunk at a time."""
@@ -179,31 +192,40 @@ class DeadLetterQueue:
     def _load(self, ids: list[str], selection: Selection) -> Iterator[dict[str, Any]]:
         with store_errors("read dead letters"):
             raws = self._redis.hmget(self.keys.dlq_entries, ids)
-        for raw in raws:
+        for entry_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 continue
-            doc = orjson.loads(raw)
+            doc = _doc(entry_id, raw)
             if selection.matches(doc) and (selection.since_ms is None or doc["failed_at_ms"] >= selection.since_ms):
                 yield doc
 
     def replay(self, selection: Selection) -> int:
-        """Put matching entries back on their user's shard (at its end), atomically per chunk."""
+        """Put matching entries back, each user's in their original order, atomically per chunk."""
         moved = 0
         # Materialise the ids first: replaying while iterating the index would shift its offsets.
         docs = [d for d in self.entries(selection) if d.get("record") is not None]
-        for start in range(0, len(docs), self._chunk):
-            moved += self._replay_chunk(docs[start : start + self._chunk])
+        for doc in docs:
+            doc["shard"] = entries.shard_of(doc["user_key"], self.config.shards)
+        # Each user's oldest first, across chunks too: an interrupted replay has put back the
+        # oldest, and whatever is replayed after still comes after them.
+        docs.sort(key=lambda d: (d["shard"], d["user_key"], d.get("seq") or 0))
+        for shard, group in groupby(docs, key=lambda d: int(d["shard"])):
+            of_shard = list(group)
+            for start in range(0, len(of_shard), self._chunk):
+                moved += self._replay_chunk(shard, of_shard[start : start + self._chunk])
         return moved
 
-    def _replay_chunk(self, docs: Sequence[dict[str, Any]]) -> int:
+    def _replay_chunk(self, shard: int, docs: Sequence[dict[str, Any]]) -> int:
+        k = self.keys.shard(shard)
         keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, self.keys.total,
-                self.keys.wakeups, self.keys.kick, self.keys.stats, self.keys.meta]  # fmt: skip
-        args: list[Any] = [self.config.max_queued, self.config.shards]
+                self.keys.wakeups, self.keys.kick, self.keys.stats, self.keys.meta,
+                k.waiting, k.parked, k.parked_why]  # fmt: skip
+        args: list[Any] = [self.config.max_queued, self.config.shards, shard]
         for doc in docs:
-            shard = entries.shard_of(doc["user_key"], self.config.shards)
-            raw = entries.encode(doc["user_key"], orjson.dumps(doc["record"]), doc["first_enqueued_ms"])
-            keys.append(self.keys.shard(shard).queue)
-            args += [doc["id"], doc["reason"], shard, raw]
+            # seq 0 for an entry dead-lettered before entries had one: older than anything queued
+            raw = entries.encode(doc["user_key"], orjson.dumps(doc["record"]), doc.get("seq") or 0,
+                                 doc["first_enqueued_ms"])  # fmt: skip
+            args += [doc["id"], doc["reason"], doc["user_key"], raw]
         try:
             with store_errors("replay dead letters"):
                 return int(self._replay(keys=keys, args=args))
@@ -230,3 +252,8 @@ class DeadLetterQueue:
                     self._purge(keys=[self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts], args=args)
                 )
         return removed
+
+
+def _doc(entry_id: str | bytes, raw: bytes | str) -> dict[str, Any]:
+    """An entry as the commands show it: its id (the hash field) first, then what the worker wrote."""
+    return {"id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, **orjson.loads(raw)}

@@ -18,13 +18,16 @@ batch that must be retried holds back everything behind it in that shard (other 
                       the pause Amplitude asks for; their later records wait behind them, in order;
                       everybody else's are resent at once
 
-Before sending, a claim's records of users already held wait behind them; one user's consecutive
-updates are merged when that is exact (worker/coalesce.py); updates past a user's hourly budget
-are deferred (worker/budget.py); and every request waits for its turn under the global rate limit
-(worker/ratelimit.py).
+A claim holds only what may be sent now: updates of users that wait (held, deferred) stay behind
+them (worker/waiting.py keeps each user's order).  Before sending, one user's consecutive updates
+are merged when that is exact (worker/coalesce.py); updates past a user's hourly budget are
+deferred (worker/budget.py); and every request waits for its turn under the global rate limit
+(worker/ratelimit.py).  Every time the drain decides on is Redis's clock (shard_store.RedisClock).
 
 A batch whose drain keeps dying (the next owner finds it in flight with no clean release) is sent
 one record at a time, and if that keeps dying too, its first record is dead-lettered as `poison`.
+A drainer that finds its lease lost (it stalled past the lease) did not die: it says so, and its
+claim does not count toward that.
 The drain runs for at most ``drain_slice_s`` and then gives the process back to other shards.
 """
 
@@ -44,7 +47,7 @@ from producers import entry
 from producers.entry import Entry
 from producers.errors import InvalidRecord, LeaseLost, SinkError, SinkTimeout, StoreError
 from producers.record import compact_json
-from worker import batcher
+from worker import batcher, waiting
 from worker.backoff import retry_delay_s
 from worker.budget import BudgetStore
 from worker.coalesce import coalesce
@@ -53,13 +56,10 @@ from worker.metrics import Metrics
 from worker.outcome import Outcome, Verdict, classify, classify_error
 from worker.ratelimit import RateLimiter
 from worker.settings import Settings
-from worker.shard_store import Claim, DeadLetter, Parking, Settlement, ShardStore
+from worker.shard_store import Claim, DeadLetter, Parking, Settlement, ShardStore, inflight_change
 from worker.sink import HttpSink, batch_json
 
 log = logging.getLogger("identify_queue.drain")
-
-#: The smallest request size a 413 can teach us (below it, records are sent one by one anyway).
-MIN_LEARNED_BYTES = 1024
 
 
 class Pause(NamedTuple):
@@ -85,6 +85,8 @@ class Work:
     """What is left of one claim, and how the next batches must be cut."""
 
     pending: list[Item]
+    #: What inflight holds in Redis now, as this drainer last wrote it (a settle changes both).
+    inflight: list[bytes]
     max_bytes: int
     #: Caps on the sizes of the next batches, from splitting (400 naming none, 413).
     splits: list[int] = field(default_factory=list)
@@ -92,11 +94,15 @@ class Work:
     careful: bool = False
     #: This claim probes a blocked sender; its first answer decides whether sending resumes.
     probe: bool = False
+    #: Redis's clock at the claim: the budget counts everything of a claim in the same slot.
+    claimed_ms: int = 0
     #: Budget reserved for this claim (slot key, per user), and what was sent and may have been
     #: applied: the difference is refunded when the claim is done.
     budget_slot: str = ""
     reserved: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
+    #: A merged item was split back: a user may now have more identifications than reserved.
+    rebudget: bool = False
 
 
 class Drainer:
@@ -115,37 +121,24 @@ class Drainer:
         self._overhead = len(sink.body(b""))
         # Single records refused by a 400 that names none, in a row (across claims).
         self._unnamed_run = 0
+        # The request size the last claim said is in force (a 413 lowers it for every worker).
+        self._max_bytes = settings.batch_max_bytes
+        self.clock = store.clock
 
     # -- the loop ---------------------------------------------------------------------------------
     def drain(self, shard: int) -> None:
         token = self.store.acquire(shard)
         if token is None:
             return  # another drainer owns it and will see everything queued there
-        pause, clean = None, True
         try:
-            deadline = time.monotonic() + self.settings.drain_slice_s
-            while time.monotonic() < deadline and not self._should_stop():
-                claim = self.store.claim(shard, token, self.settings.batch_size)
-                if claim.wait_ms:
-                    pause = Pause(claim.wait_ms, retry=claim.wait_is_retry)
-                    break
-                if not claim.entries:
-                    break
-                pause = self._process(shard, token, claim)
-                if pause:
-                    break
+            pause, clean = self._drain_owned(shard, token)
         except LeaseLost:
-            log.warning("shard %d: lease lost while draining; another drainer took over", shard)
+            log.warning("shard %d: lease lost while draining; another drainer takes over", shard)
+            try:
+                self.store.lost(shard, token)
+            except StoreError as exc:
+                log.warning("shard %d: cannot report the lost lease (%s)", shard, exc)
             return
-        except StoreError as exc:
-            # Redis failed us, not the records: nothing to count against them
-            log.warning("shard %d: %s; its records stay in flight and are read again first", shard, exc)
-            pause = Pause(self._backoff_ms(1), retry=True)
-        except Exception:
-            # A bug or an unexpected answer: what was claimed stays in flight, unmarked, so the next
-            # claim counts a recovery; repeated, that isolates the record that causes it.
-            log.exception("shard %d: drain failed; its records stay in flight and are read again first", shard)
-            pause, clean = Pause(self._backoff_ms(1), retry=True), False
         try:
             if pause is None:
                 self.store.release(shard, token, clean=clean)
@@ -156,44 +149,74 @@ class Drainer:
         except StoreError as exc:
             log.warning("shard %d: cannot release its lease (%s); it expires on its own", shard, exc)
 
+    def _drain_owned(self, shard: int, token: str) -> tuple[Pause | None, bool]:
+        """Claim and send until the slice ends or the shard must wait; (the pause, a clean stop)."""
+        try:
+            deadline = time.monotonic() + self.settings.drain_slice_s
+            while time.monotonic() < deadline and not self._should_stop():
+                claim = self.store.claim(shard, token, self.settings.effective_batch_size, self._max_bytes)
+                self._max_bytes = batcher.request_size_limit(
+                    self.settings.batch_max_bytes, claim.learned_request_bytes, claim.learned_age_ms,
+                    int(self.settings.request_size_recovery_s * 1000),
+                )  # fmt: skip
+                if claim.wait_ms:
+                    return Pause(claim.wait_ms, retry=claim.wait_is_retry), True
+                if not claim.entries:
+                    return None, True
+                pause = self._process(shard, token, claim)
+                if pause:
+                    return pause, True
+            return None, True
+        except LeaseLost:
+            raise
+        except StoreError as exc:
+            # Redis failed us, not the records: nothing to count against them
+            log.warning("shard %d: %s; its records stay in flight and are read again first", shard, exc)
+            return Pause(self._backoff_ms(1), retry=True), True
+        except Exception:
+            # A bug or an unexpected answer: what was claimed stays in flight, unmarked, so the next
+            # claim counts a recovery; repeated, that isolates the record that causes it.
+            log.exception("shard %d: drain failed; its records stay in flight and are read again first", shard)
+            return Pause(self._backoff_ms(1), retry=True), False
+
     def _process(self, shard: int, token: str, claim: Claim) -> Pause | None:
         """Send everything claimed, in order; return a pause if the shard must wait."""
-        now = entry.now_ms()
+        now = self.clock.now_ms()
         decoded, dead = self._decode(claim.entries, now)
         if claim.recoveries >= self.settings.poison_after + 2 and decoded:
             culprit = decoded.pop(0)
             detail = f"the drain died {claim.recoveries} times with this record first in flight"
             dead.append(dead_letter(culprit, "poison", now, detail=detail))
             log.error("shard %d: dead-lettered a poison record of %s: %s", shard, culprit.user_key, detail)
-        parked = self._behind_holds(shard, decoded) if claim.parked_users else []
-        if parked:
-            waiting = {p.user_key for p in parked}
-            decoded = [e for e in decoded if e.user_key not in waiting]
-        items = self._items(decoded)
-        budget_slot, reserved = "", dict[str, int]()
-        if self.budget is not None and items:
-            items, deferred, budget_slot, reserved = self._within_budget(shard, items)
-            parked += deferred
-        if dead or parked:
-            self._settle(shard, token, Settlement(dead=dead, parked=parked, keep=_raw(items)))
-        max_bytes = self.settings.batch_max_bytes
-        if claim.max_request_bytes:
-            max_bytes = min(max_bytes, claim.max_request_bytes)
+        behind: list[Parking] = []
+        if claim.waiting_users and decoded:
+            decoded, behind = self._behind_waiting(shard, decoded)
         work = Work(
-            pending=items,
-            max_bytes=max_bytes,
+            pending=self._items(decoded),
+            inflight=list(claim.entries),
+            max_bytes=self._max_bytes,
             careful=claim.recoveries >= self.settings.poison_after,
             probe=claim.probe,
-            budget_slot=budget_slot,
-            reserved=reserved,
+            claimed_ms=claim.now_ms,
         )
         try:
+            deferred: list[Parking] = []
+            if self.budget is not None and work.pending:
+                deferred = self._within_budget(shard, work)
+            if dead or behind or deferred:
+                self._settle(shard, token, work, Settlement(dead=dead, parked=behind + deferred, failed_ms=now))
             return self._send_all(shard, token, work)
         finally:
             self._refund(work)
 
     def _send_all(self, shard: int, token: str, work: Work) -> Pause | None:
         while work.pending and not self._should_stop():
+            if work.rebudget and self.budget is not None:
+                deferred = self._within_budget(shard, work)
+                if deferred:
+                    self._settle(shard, token, work, Settlement(parked=deferred))
+                if not work.pending:
+                    return None
             n, body = self._next_batch(work)
             batch = work.pending[:n]
             sent = self._send(shard, token, batch, body)
@@ -219,17 +242,21 @@ class Drainer:
                 log.error("dead-lettered an undecodable queue entry: %r", raw[:80])
         return decoded, dead
 
-    def _behind_holds(self, shard: int, decoded: list[Entry]) -> list[Parking]:
-        """The claimed records of users still held: they wait behind that user's held ones."""
+    def _behind_waiting(self, shard: int, decoded: list[Entry]) -> tuple[list[Entry], list[Parking]]:
+        """Split a claim into what may go now and what goes back behind older waiting updates.
+
+        An update may be sent only if no older update of its user waits (worker/waiting.py):
+        a user's queued updates claimed while it is held or deferred wait behind it; released or
+        retried ones, older than all it has waiting, go now; in-flight updates newer than a
+        replayed dead letter wait for it.
+        """
         users = list(dict.fromkeys(e.user_key for e in decoded))
-        scores = self.store.parked_release_times(shard, users)
-        waiting = {u for u, score in zip(users, scores, strict=True) if score is not None}
-        by_user: dict[str, list[bytes]] = {}
-        for e in decoded:
-            if e.user_key in waiting:
-                by_user.setdefault(e.user_key, []).append(e.raw)
+        oldest = self.store.oldest_waiting(shard, users)
+        if not oldest:
+            return decoded, []
+        send, back = waiting.split(decoded, oldest)
         # hold 0 and no reason: the user's release time and reason stay as they are
-        return [Parking(user, 0, "", raws) for user, raws in by_user.items()]
+        return send, [Parking(user, 0, "", members) for user, members in back.items()]
 
     def _items(self, decoded: list[Entry]) -> list[Item]:
         """One item per entry, or, merging, one per run of a user's updates that merge exactly."""
@@ -256,37 +283,47 @@ class Drainer:
                 start += count
         return items
 
-    def _within_budget(self, shard: int, items: list[Item]) -> tuple[list[Item], list[Parking], str, dict[str, int]]:
-        """Reserve each user's budget for this claim; defer, in order, what is past it."""
+    def _within_budget(self, shard: int, work: Work) -> list[Parking]:
+        """Make every pending identification covered by reserved budget: reserve what is missing,
+        and defer, in order, what the budget does not allow now.
+
+        Run for each claim, and again before a send when splitting a merged item made more
+        identifications of a user than were reserved: each one sent is one Amplitude counts.
+        """
         assert self.budget is not None
-        wanted = Counter(item.user_key for item in items)
-        reservation = self.budget.reserve(self.store.keys.shard(shard), wanted)
-        reserved = dict(wanted)
+        work.rebudget = False
+        counts = Counter(item.user_key for item in work.pending)
+        missing = {u: c - have for u, c in counts.items() if c > (have := _budget_left(work, u))}
+        if not missing:
+            return []
+        reservation = self.budget.reserve(self.store.keys.shard(shard), missing, work.claimed_ms, work.reserved)
+        work.budget_slot = reservation.slot_key
         limited = reservation.limited
         if not limited:
-            return items, [], reservation.slot_key, reserved
+            return []
         keep: list[Item] = []
         deferred: dict[str, list[bytes]] = {}
-        sent: dict[str, int] = {}
-        for item in items:
+        left: dict[str, int] = {}
+        for item in work.pending:
             user = item.user_key
-            allowed = limited[user].allowed if user in limited else wanted[user]
-            if sent.get(user, 0) < allowed and user not in deferred:
-                sent[user] = sent.get(user, 0) + 1
+            if user not in limited:
+                keep.append(item)
+                continue
+            may = left.setdefault(user, _budget_left(work, user))
+            if may > 0 and user not in deferred:
+                left[user] = may - 1
                 keep.append(item)
             else:
-                deferred.setdefault(user, []).extend(e.raw for e in item.entries)
-        for user, a in limited.items():
-            reserved[user] = a.allowed
-        for user, raws in deferred.items():
+                deferred.setdefault(user, []).extend(waiting.members(item.entries))
+        work.pending = keep
+        for user, members in deferred.items():
             log.info("shard %d: %s is past its budget of %d an hour; %d update(s) wait %.0f s", shard, user,
-                     self.settings.user_updates_per_hour, len(raws), limited[user].wait_ms / 1000)  # fmt: skip
-        parked = [Parking(u, limited[u].wait_ms, "deferred", raws) for u, raws in deferred.items()]
-        return keep, parked, reservation.slot_key, reserved
+                     self.settings.user_updates_per_hour, len(members), limited[user].wait_ms / 1000)  # fmt: skip
+        return [Parking(u, limited[u].wait_ms, waiting.DEFERRED, members) for u, members in deferred.items()]
 
     def _refund(self, work: Work) -> None:
         """Give back the budget reserved for what was not sent, or surely not applied."""
-        if self.budget is None or not work.reserved:
+        if self.budget is None or not work.reserved or not work.budget_slot:
             return
         unused = {u: n - work.applied.get(u, 0) for u, n in work.reserved.items() if n > work.applied.get(u, 0)}
         if unused:
@@ -338,8 +375,16 @@ class Drainer:
         if self.metrics is not None:
             self.metrics.request(status, time.perf_counter() - started, records)
 
-    def _settle(self, shard: int, token: str, settlement: Settlement) -> None:
+    def _settle(
+        self, shard: int, token: str, work: Work, settlement: Settlement, keep: list[bytes] | None = None
+    ) -> None:
+        """Write one settlement; inflight becomes ``keep`` (by default, what is still pending)."""
+        desired = _raw(work.pending) if keep is None else keep
+        settlement.trim, settlement.replace = inflight_change(work.inflight, desired)
+        if settlement.dead and not settlement.failed_ms:
+            settlement.failed_ms = self.clock.now_ms()
         self.store.settle(shard, token, settlement)
+        work.inflight = desired
         if self.metrics is not None:
             self.metrics.settled(settlement)
 
@@ -371,27 +416,27 @@ class Drainer:
         self._count_applied(work, batch)
         work.pending = work.pending[len(batch) :]
         delivered = sum(len(i.entries) for i in batch)
-        self._settle(shard, token, Settlement(delivered=delivered, requests=1, keep=_raw(work.pending)))
+        self._settle(shard, token, work, Settlement(delivered=delivered, requests=1))
 
     def _throttled(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
         """Hold the users Amplitude throttles (all of the batch's if it names none); resend the rest."""
         held = throttled_users(outcome, batch)
         pause_ms = int(max(self.settings.throttle_pause_s, outcome.retry_after_s or 0) * 1000)
-        waiting: dict[str, list[bytes]] = {}
+        waits: dict[str, list[bytes]] = {}
         others: list[Item] = []
         for item in work.pending:
             if item.user_key in held:
-                waiting.setdefault(item.user_key, []).extend(e.raw for e in item.entries)
+                waits.setdefault(item.user_key, []).extend(waiting.members(item.entries))
             else:
                 others.append(item)
         work.pending = others
-        parked = [Parking(user, pause_ms, "held", raws) for user, raws in waiting.items()]
+        parked = [Parking(user, pause_ms, waiting.HELD, members) for user, members in waits.items()]
         error = f"HTTP 429: {len(held)} user(s) held for {pause_ms / 1000:g} s"
-        self._settle(shard, token, Settlement(requests=1, parked=parked, keep=_raw(others), error=error))
-        log.info("shard %d: %s; %d other record(s) go on", shard, error, len(_raw(others)))
+        self._settle(shard, token, work, Settlement(requests=1, parked=parked, error=error))
+        log.info("shard %d: %s; %d other record(s) go on", shard, error, len(work.inflight))
 
     def _invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> None:
-        now = entry.now_ms()
+        now = self.clock.now_ms()
         dead: list[DeadLetter] = []
         resend: list[Item] = []
         for i, item in enumerate(batch):
@@ -399,6 +444,7 @@ class Drainer:
                 resend.append(item)
             elif len(item.entries) > 1:
                 resend += _unmerge(item)  # each update may be fine on its own; in place, in order
+                work.rebudget = True
             else:
                 dead.append(dead_letter(item.entries[0], "invalid", now, detail=outcome.invalid[i],
                                         status=outcome.status, response=outcome.excerpt))  # fmt: skip
@@ -407,26 +453,27 @@ class Drainer:
         error = f"{len(dead)} record(s) refused as invalid: {outcome.detail}"
         if split:
             error += f"; {split} merged identification(s) refused, split back into their updates"
-        self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=error))
+        self._settle(shard, token, work, Settlement(requests=1, dead=dead, failed_ms=now, error=error))
         log.warning("shard %d: %s; resending %d", shard, error, len(resend))
 
     def _unnamed_invalid(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause | None:
         if len(batch) > 1:
             half = (len(batch) + 1) // 2
             work.splits[0:0] = [half, len(batch) - half]
-            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+            self._settle(shard, token, work, Settlement(requests=1, error=outcome.detail))
             return None
         if len(batch[0].entries) > 1:
             work.pending = _unmerge(batch[0]) + work.pending[1:]
-            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+            work.rebudget = True
+            self._settle(shard, token, work, Settlement(requests=1, error=outcome.detail))
             return None
         self._unnamed_run += 1
-        now = entry.now_ms()
+        now = self.clock.now_ms()
         detail = "refused by a 400 that names no record; isolated by splitting its batch"
         dead = [dead_letter(e, "invalid", now, detail=detail, status=400, response=outcome.excerpt)
                 for e in batch[0].entries]  # fmt: skip
         work.pending = work.pending[1:]
-        self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
+        self._settle(shard, token, work, Settlement(requests=1, dead=dead, failed_ms=now, error=detail))
         if self._unnamed_run >= self.settings.unnamed_refusals_before_block:
             # Record after record refused, and none accepted: the request itself is at fault.
             self._unnamed_run = 0
@@ -435,28 +482,31 @@ class Drainer:
         return None
 
     def _too_large(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome, *, sent: int) -> None:
-        learned = self.store.lower_max_request_bytes(max(sent // 2, MIN_LEARNED_BYTES))
+        quiet_ms = int(self.settings.request_size_recovery_s * 1000)
+        learned = self.store.lower_max_request_bytes(max(sent // 2, batcher.MIN_LEARNED_BYTES), quiet_ms)
         work.max_bytes = min(work.max_bytes, learned)
+        self._max_bytes = min(self._max_bytes, learned)
         if len(batch) > 1:
             half = (len(batch) + 1) // 2
             work.splits[0:0] = [half, len(batch) - half]
             error = f"413 for a {sent}-byte request; requests are now at most {work.max_bytes} bytes"
-            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=error))
+            self._settle(shard, token, work, Settlement(requests=1, error=error))
             return
         if len(batch[0].entries) > 1:
             work.pending = _unmerge(batch[0]) + work.pending[1:]
-            self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+            work.rebudget = True
+            self._settle(shard, token, work, Settlement(requests=1, error=outcome.detail))
             return
-        now = entry.now_ms()
+        now = self.clock.now_ms()
         detail = f"a {sent}-byte request holding only this record was refused with 413"
         dead = [dead_letter(e, "too_large", now, detail=detail, status=413, response=outcome.excerpt)
                 for e in batch[0].entries]  # fmt: skip
         work.pending = work.pending[1:]
-        self._settle(shard, token, Settlement(requests=1, dead=dead, keep=_raw(work.pending), error=detail))
+        self._settle(shard, token, work, Settlement(requests=1, dead=dead, failed_ms=now, error=detail))
 
     def _config_error(self, shard: int, token: str, work: Work, outcome: Outcome) -> Pause:
         # Not the records' fault: keep them all, unchanged, and stop every worker sending.
-        self._settle(shard, token, Settlement(requests=1, keep=_raw(work.pending), error=outcome.detail))
+        self._settle(shard, token, work, Settlement(requests=1, error=outcome.detail))
         return self._block(outcome.detail, outcome)
 
     def _block(self, reason: str, outcome: Outcome) -> Pause:
@@ -484,7 +534,7 @@ class Drainer:
     def _retry_later(self, shard: int, token: str, work: Work, batch: list[Item], outcome: Outcome) -> Pause:
         # A 5xx or a lost answer may have been applied: it stays counted against the budget.
         self._count_applied(work, batch)
-        now = entry.now_ms()
+        now = self.clock.now_ms()
         max_age_ms = self.settings.retry_max_age_s * 1000
         expired: list[DeadLetter] = []
         retried: list[bytes] = []
@@ -499,9 +549,9 @@ class Drainer:
                 else:
                     retried.append(e.raw)
         rest = work.pending[len(batch) :]
-        self._settle(
-            shard, token, Settlement(requests=1, dead=expired, keep=retried + _raw(rest), error=outcome.detail)
-        )
+        work.pending = rest
+        settlement = Settlement(requests=1, dead=expired, failed_ms=now, error=outcome.detail)
+        self._settle(shard, token, work, settlement, keep=retried + _raw(rest))
         delay_ms = int(outcome.retry_after_s * 1000) if outcome.retry_after_s else self._backoff_ms(attempts)
         log.warning("shard %d: %s; %d records wait %.1f s (attempt %d)%s", shard, outcome.detail or outcome.verdict,
                     len(retried) + len(rest), delay_ms / 1000, attempts,
@@ -510,6 +560,11 @@ class Drainer:
 
     def _backoff_ms(self, attempts: int) -> int:
         return int(retry_delay_s(attempts, self.settings.retry_base_s, self.settings.retry_cap_s) * 1000)
+
+
+def _budget_left(work: Work, user: str) -> int:
+    """Identifications of ``user`` this claim may still send under its reservation."""
+    return work.reserved.get(user, 0) - work.applied.get(user, 0)
 
 
 def _unmerge(item: Item) -> list[Item]:

@@ -83,7 +83,7 @@ class Metrics:
             self.dead_lettered.labels(d.reason).inc()
         for p in s.parked:
             if p.reason:
-                self.held.labels(p.reason).inc(len(p.entries))
+                self.held.labels(p.reason).inc(len(p.members))
 
 
 class QueueCollector:

@@ -80,6 +80,8 @@ class Settings:
     #: `expired`.  Three days outlast any Amplitude outage on record; attempts rarely bind first.
     retry_max_age_s: float = 3 * 24 * 3600.0
     retry_max_attempts: int = 5000
+    #: A request size lowered after a 413 is doubled again after each such quiet period without one.
+    request_size_recovery_s: float = 3600.0
     #: While a configuration error (such as an invalid API key) blocks sending, one request probes
     #: again after a backoff growing to this cap.
     probe_cap_s: float = 300.0
@@ -144,6 +146,9 @@ class Settings:
             retry_cap_s=env_float(env, "IDENTIFY_RETRY_BACKOFF_CAP_S", cls.retry_cap_s, 0.01, 86_400.0),
             retry_max_age_s=env_float(env, "IDENTIFY_RETRY_MAX_AGE_S", cls.retry_max_age_s, 1.0, 90 * 86_400.0),
             retry_max_attempts=env_int(env, "IDENTIFY_RETRY_MAX_ATTEMPTS", cls.retry_max_attempts, 1, 10**9),
+            request_size_recovery_s=env_float(
+                env, "IDENTIFY_REQUEST_SIZE_RECOVERY_S", cls.request_size_recovery_s, 1.0, 30 * 86_400.0
+            ),
             probe_cap_s=env_float(env, "IDENTIFY_PROBE_CAP_S", cls.probe_cap_s, 0.01, 86_400.0),
             poison_after=env_int(env, "IDENTIFY_POISON_AFTER", cls.poison_after, 1, 1000),
             throttle_pause_s=env_float(env, "IDENTIFY_THROTTLE_PAUSE_S", cls.throttle_pause_s, 0.01, 3600.0),

@@ -7,19 +7,27 @@ owner is working on.
 
 The life of a claim:
 
-    claim    inflight empty: move up to N entries from the head of ``queue`` to ``inflight``;
-             inflight not empty: return it as it is (a crashed owner's batch is read again first).
-    settle   after each answer: replace ``inflight`` by what is still to be sent, add dead-letter
-             entries, park entries of held users, and count what was delivered, in one script.
+    claim    inflight empty: release the oldest waiting updates of users whose time has come, then
+             move entries from the head of ``queue``, at most what the next request can carry,
+             into ``inflight``; inflight not empty: return it as it is (a crashed owner's batch is
+             read again first).  The drainer then puts back what belongs behind a user's waiting
+             updates (worker/waiting.py) before it sends anything.
+    settle   after each answer: drop what is done from the head of ``inflight`` (or, on the rare
+             paths that change it otherwise, replace it), add dead-letter entries, park entries of
+             held or deferred users, and count what was delivered, in one script.
     release  give the shard back and say when it next needs a drain (now, at a retry time, at
              the first hold's end) in the ``wakeups`` set the dispatcher watches.
+
+No script's work grows with a backlog: a claim reads at most what one request carries, a settle
+touches only what it changes, and waiting users are reached by their key, never by a walk.
+Every time a script needs is Redis's (``TIME``); a claim returns it, so that the drainer's own
+decisions (ages, budget slots, failure times) are on the same clock (``RedisClock``).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +36,24 @@ import redis
 from producers.errors import LeaseLost, StoreError
 from producers.keys import Keys
 from producers.redis_conn import store_errors
+from worker.waiting import OLDEST_LUA, WAITING_LUA
 
-#: Users whose hold ended, released by one claim (their entries all go into that claim).
+#: Users whose wait ended, released by one claim (each gives its oldest entries first).
 RELEASED_USERS_PER_CLAIM = 100
 
 _NOW_MS = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 _FENCE = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end"
+# RPUSH values[first..last] onto key, in slices: Lua's C stack takes a few thousand values at most.
+_PUSH = """
+local function push(key, values, first, last)
+  local i = first
+  while i <= last do
+    local j = math.min(i + 999, last)
+    redis.call('RPUSH', key, unpack(values, i, j))
+    i = j + 1
+  end
+end
+"""
 
 # KEYS: lease, state; ARGV: token, ttl_ms
 # Whether or not the lease is free, the task that was sent for this shard has now come: clear the
@@ -51,43 +71,51 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: lease, queue, inflight, state, parked, blocked, meta, parked_why
-# ARGV: token, max entries, probe hold ms, parked-list key prefix, max users released per claim
-# Returns {recoveries, users still parked, wait ms, wait is a retry (0/1), probe (0/1), learned
-# max request bytes (0: none), entries...}.  A wait means nothing was claimed: the shard's own
-# retry time has not come (a task sent again meanwhile must not retry early), or sending is
-# blocked.
-# Users whose hold has ended are released first: all of their waiting entries move into inflight
-# ahead of anything from the queue, since they are older than that user's queued ones.
+# KEYS: lease, queue, inflight, state, parked, parked_why, waiting, blocked, meta
+# ARGV: token, max entries, max bytes, probe hold ms, max users released per claim
+# Returns {now ms, recoveries, wait ms, wait is a retry (0/1), probe (0/1), learned max request
+# bytes (0: none), its age ms, users that wait, entries...}.  A wait means nothing was claimed: the shard's own retry
+# time has not come (a task sent again meanwhile must not retry early), or sending is blocked.
 # While sending is blocked (a configuration error), nothing is claimed until the next probe is
 # due; the first claim after that is the probe, and pushes the next probe back by `probe hold`, so
 # that one request probes at a time.
+# When the queue has entries too, released users take at most half the claim, so that a user with
+# a long wait behind it cannot stall everybody else's updates.
 CLAIM_LUA = f"""
 {_FENCE}
 {_NOW_MS}
-local learned = tonumber(redis.call('HGET', KEYS[7], 'max_request_bytes') or '0')
-local parked = redis.call('ZCARD', KEYS[5])
+{WAITING_LUA}
+{_PUSH}
+local learned = redis.call('HMGET', KEYS[9], 'max_request_bytes', 'max_request_bytes_ms')
+local learned_bytes = tonumber(learned[1] or '0')
+local learned_age = learned[2] and now - tonumber(learned[2]) or 0
+local function header(rec, wait, retry, probe)
+  return {{now, rec, wait, retry, probe, learned_bytes, learned_age, redis.call('ZCARD', KEYS[5])}}
+end
 local in_flight = redis.call('LLEN', KEYS[3])
 local due_users = {{}}
-if parked > 0 then
+if redis.call('ZCARD', KEYS[5]) > 0 then
   due_users = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 end
-if in_flight == 0 and #due_users == 0 and redis.call('LLEN', KEYS[2]) == 0 then
-  return {{0, parked, 0, 0, 0, learned}}
+local queued = redis.call('LLEN', KEYS[2])
+if in_flight == 0 and #due_users == 0 and queued == 0 then
+  return header(0, 0, 0, 0)
 end
 local retry_at = tonumber(redis.call('HGET', KEYS[4], 'retry_at') or '0')
 if retry_at > now then
-  return {{0, parked, retry_at - now, 1, 0, learned}}
+  return header(0, retry_at - now, 1, 0)
 end
 local probe = 0
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  local next_probe = tonumber(redis.call('HGET', KEYS[6], 'next_probe_ms') or '0')
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  local next_probe = tonumber(redis.call('HGET', KEYS[8], 'next_probe_ms') or '0')
   if now < next_probe then
-    return {{0, parked, next_probe - now, 0, 0, learned}}
+    return header(0, next_probe - now, 0, 0)
   end
-  redis.call('HSET', KEYS[6], 'next_probe_ms', now + tonumber(ARGV[3]))
+  redis.call('HSET', KEYS[8], 'next_probe_ms', now + tonumber(ARGV[4]))
   probe = 1
 end
+local previous = redis.call('HGET', KEYS[4], 'claimer')
+redis.call('HSET', KEYS[4], 'claimer', ARGV[1])
 if in_flight > 0 then
   -- read again first: left by a clean release (waiting to retry), or by a drainer that died
   local rec = 0
@@ -95,34 +123,39 @@ if in_flight > 0 then
     redis.call('HDEL', KEYS[4], 'kept')
   else
     rec = redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
+    if previous then redis.call('HSET', KEYS[4], 'recovered_from', previous) end
   end
-  local out = {{rec, parked, 0, 0, probe, learned}}
+  local out = header(rec, 0, 0, probe)
   for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = e end
   return out
 end
-local out = {{0, 0, 0, 0, probe, learned}}
-local taken = 0
+local out = header(0, 0, 0, probe)
+local room, bytes, max_bytes = tonumber(ARGV[2]), 0, tonumber(ARGV[3])
+local release_room = room
+if queued > 0 then release_room = math.ceil(room / 2) end
 for _, user in ipairs(due_users) do
-  local key = ARGV[4] .. user
-  for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    redis.call('RPUSH', KEYS[3], e)
+  if release_room <= 0 or bytes >= max_bytes then break end
+  local taken = wait_take(KEYS[7], KEYS[5], KEYS[6], user, release_room)
+  for _, e in ipairs(taken) do
     out[#out + 1] = e
-    taken = taken + 1
+    bytes = bytes + #e
   end
-  redis.call('DEL', key)
-  redis.call('ZREM', KEYS[5], user)
-  redis.call('HDEL', KEYS[8], user)
+  release_room = release_room - #taken
+  room = room - #taken
 end
-out[2] = redis.call('ZCARD', KEYS[5])
-local room = tonumber(ARGV[2]) - taken
-if room > 0 then
+if room > 0 and queued > 0 and bytes < max_bytes then
   local items = redis.call('LRANGE', KEYS[2], 0, room - 1)
-  if #items > 0 then
-    redis.call('LTRIM', KEYS[2], #items, -1)
-    redis.call('RPUSH', KEYS[3], unpack(items))
-    for _, e in ipairs(items) do out[#out + 1] = e end
+  local n = 0
+  for i, e in ipairs(items) do
+    if bytes > 0 and bytes + #e > max_bytes then break end
+    bytes = bytes + #e
+    n = i
   end
+  redis.call('LTRIM', KEYS[2], n, -1)
+  for i = 1, n do out[#out + 1] = items[i] end
 end
+out[8] = redis.call('ZCARD', KEYS[5])  -- after the releases
+if #out > 8 then push(KEYS[3], out, 9, #out) end
 return out
 """
 
@@ -152,77 +185,102 @@ if redis.call('LLEN', KEYS[3]) == 0 then redis.call('RPUSH', KEYS[3], '1') end
 return now - tonumber(since)
 """
 
-# KEYS: meta; ARGV: bytes.  The request size every worker uses from now on, never raised here.
-LOWER_MAX_BYTES_LUA = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'max_request_bytes') or '0')
-if current == 0 or tonumber(ARGV[1]) < current then
-  redis.call('HSET', KEYS[1], 'max_request_bytes', ARGV[1])
-  return tonumber(ARGV[1])
+# KEYS: meta; ARGV: bytes, quiet ms.  The request size every worker uses from now on: lowered,
+# never raised here, unless the size learned before is older than the quiet period (by then
+# workers have been probing upward from it, worker/batcher.py).
+LOWER_MAX_BYTES_LUA = f"""
+{_NOW_MS}
+local stored = redis.call('HMGET', KEYS[1], 'max_request_bytes', 'max_request_bytes_ms')
+local current, at = tonumber(stored[1] or '0'), tonumber(stored[2] or '0')
+local bytes = tonumber(ARGV[1])
+if current == 0 or bytes < current or now - at >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'max_request_bytes', bytes, 'max_request_bytes_ms', now)
+  return bytes
 end
 return current
 """
 
 # KEYS: lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked, parked_why,
-#       delivery-rate bucket, then one parked-list key per parked user (in ARGV order), then the import
-#       fingerprint of each dead-lettered record's user: deleted, so that `import --skip-unchanged`
-#       sends that user's update again instead of skipping it as already sent
-# ARGV: token, delivered, requests, last error ('' for none),
-#       n_keep, keep entries...,
-#       n_dead, dead (id, failed_ms, reason, json) x n_dead,
+#       waiting, delivery-rate bucket, dlq_seq, then the import fingerprint of each dead-lettered
+#       record's user: deleted, so that `import --skip-unchanged` sends that user's update again
+#       instead of skipping it as already sent
+# ARGV: token, shard, delivered, requests, last error ('' for none), failed-at ms,
+#       trim (entries done at the head of inflight), replace (-1: inflight stays as trimmed; n: it
+#       becomes the n entries that follow),
+#       n_dead, dead (reason, json) x n_dead,
 #       n_park, per parked user: user key, hold ms (from now, Redis's clock), reason ('': unchanged),
-#               n, entries...
+#               n, waiting members (worker/waiting.py) ...
+# Returns the ids given to the dead letters, in order.
 SETTLE_LUA = f"""
 {_FENCE}
 {_NOW_MS}
-local delivered, reqs = tonumber(ARGV[2]), tonumber(ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'last_error', ARGV[4], 'last_error_ms', now) end
-local a = 5
-local function take_list(key)
-  -- RPUSH the next n arguments onto key, in slices (Lua's C stack takes a few thousand values)
-  local n = tonumber(ARGV[a])
-  local i, last = a + 1, a + n
-  while i <= last do
-    local j = math.min(i + 999, last)
-    redis.call('RPUSH', key, unpack(ARGV, i, j))
-    i = j + 1
-  end
-  a = last + 1
-  return n
+{_PUSH}
+{WAITING_LUA}
+local delivered, reqs = tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], 'last_error', ARGV[5], 'last_error_ms', now) end
+local trim, replace = tonumber(ARGV[7]), tonumber(ARGV[8])
+local a = 9
+if replace >= 0 then
+  redis.call('DEL', KEYS[2])
+  push(KEYS[2], ARGV, a, a + replace - 1)
+  a = a + replace
+elseif trim > 0 then
+  redis.call('LTRIM', KEYS[2], trim, -1)
 end
-redis.call('DEL', KEYS[2])
-if take_list(KEYS[2]) == 0 then redis.call('HDEL', KEYS[5], 'recoveries') end
+if redis.call('LLEN', KEYS[2]) == 0 then redis.call('HDEL', KEYS[5], 'recoveries', 'recovered_from') end
 local n_dead = tonumber(ARGV[a])
 a = a + 1
+local ids = {{}}
 for d = 1, n_dead do
-  redis.call('HSET', KEYS[6], ARGV[a], ARGV[a + 3])
-  redis.call('ZADD', KEYS[7], ARGV[a + 1], ARGV[a])
-  redis.call('HINCRBY', KEYS[8], ARGV[a + 2], 1)
-  a = a + 4
+  local id = ARGV[2] .. '-' .. redis.call('INCR', KEYS[13])
+  redis.call('HSET', KEYS[6], id, ARGV[a + 1])
+  redis.call('ZADD', KEYS[7], ARGV[6], id)
+  redis.call('HINCRBY', KEYS[8], ARGV[a], 1)
+  ids[d] = id
+  a = a + 2
 end
 local n_park = tonumber(ARGV[a])
 a = a + 1
 for p = 1, n_park do
-  local user, release, reason = ARGV[a], now + tonumber(ARGV[a + 1]), ARGV[a + 2]
-  a = a + 3
-  take_list(KEYS[11 + p])
+  local user, release, reason, n = ARGV[a], now + tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 4
+  wait_add_members(KEYS[11], ARGV, a, a + n - 1)
+  a = a + n
   -- GT: a new hold may extend a user's wait, never shorten it (it also adds a new user)
   redis.call('ZADD', KEYS[9], 'GT', release, user)
   if reason ~= '' then redis.call('HSET', KEYS[10], user, reason) end
 end
-for f = 12 + n_park, #KEYS do redis.call('DEL', KEYS[f]) end
+for f = 14, #KEYS do redis.call('DEL', KEYS[f]) end
 local done = delivered + n_dead
 if done > 0 then redis.call('DECRBY', KEYS[3], done) end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
   redis.call('HSET', KEYS[4], 'last_delivery_ms', now)
-  redis.call('INCRBY', KEYS[11], delivered)
-  redis.call('PEXPIRE', KEYS[11], 120000)
+  redis.call('INCRBY', KEYS[12], delivered)
+  redis.call('PEXPIRE', KEYS[12], 120000)
 end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_lettered', n_dead) end
 if reqs > 0 then redis.call('HINCRBY', KEYS[4], 'requests', reqs) end
-return 1
+return ids
 """
 
+# KEYS: lease, state; ARGV: the token of a drainer that found its lease lost.
+# A lost lease is not a crash: it must not count toward dead-lettering a record as poison.  If a
+# newer owner has already counted the claim as recovered from this drainer, that count is taken
+# back; if nobody owns the shard yet, the claim is marked as kept, as a clean release would.
+LOST_LUA = """
+local st = redis.call('HMGET', KEYS[2], 'recovered_from', 'claimer', 'recoveries')
+if st[1] == ARGV[1] then
+  if tonumber(st[3] or '0') > 0 then redis.call('HINCRBY', KEYS[2], 'recoveries', -1) end
+  redis.call('HDEL', KEYS[2], 'recovered_from')
+  return 1
+end
+if redis.call('EXISTS', KEYS[1]) == 0 and st[2] == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'kept', '1')
+  return 2
+end
+return 0
+"""
 
 # KEYS: lease, queue, inflight, parked, wakeups, kick, state
 # ARGV: token, shard, retry_in_ms, wake_in_ms, clean (0/1)
@@ -274,16 +332,20 @@ return 1
 @dataclass
 class Claim:
     entries: list[bytes]
+    #: Redis's clock when the claim ran (ms).
+    now_ms: int
     recoveries: int
-    parked_users: int
     #: Nothing was claimed: ask again this much later, because the shard waits to retry
     #: (``wait_is_retry``) or because a configuration error blocks sending.
     wait_ms: int = 0
     wait_is_retry: bool = False
     #: This claim is the probe of a blocked sender: its answer decides whether sending resumes.
     probe: bool = False
-    #: A request size learned from a 413, smaller than the configured one (0: none learned).
-    max_request_bytes: int = 0
+    #: A request size learned from a 413 (0: none learned), and how long ago it was learned.
+    learned_request_bytes: int = 0
+    learned_age_ms: int = 0
+    #: How many users of the shard wait (held, deferred, replayed); 0 spares the drainer a look.
+    waiting_users: int = 0
 
 
 @dataclass
@@ -295,8 +357,6 @@ class Block:
 
 @dataclass
 class DeadLetter:
-    id: str
-    failed_ms: int
     reason: str
     json: bytes
     #: Whose record it is (None when the entry could not be decoded).
@@ -308,20 +368,55 @@ class Parking:
     user_key: str
     hold_ms: int
     reason: str
-    entries: list[bytes]
+    #: The user's entries as ``waiting`` members (worker/waiting.py), in any order.
+    members: list[bytes]
 
 
 @dataclass
 class Settlement:
-    """What one answer changes: records delivered, still to send, dead-lettered, parked."""
+    """What one answer changes: records delivered, done or changed in flight, dead-lettered, parked.
+
+    ``trim`` entries at the head of inflight are done; ``replace``, when given, is what inflight
+    holds from now on instead (worker/drain.py chooses, see ``inflight_change``).
+    """
 
     delivered: int = 0
     requests: int = 0
-    keep: list[bytes] = field(default_factory=list)
+    trim: int = 0
+    replace: list[bytes] | None = None
     dead: list[DeadLetter] = field(default_factory=list)
     parked: list[Parking] = field(default_factory=list)
+    #: When the dead letters failed (Redis's clock, ms).
+    failed_ms: int = 0
     #: A one-line description of what went wrong, shown by `status` as the last error.
     error: str = ""
+
+
+def inflight_change(current: list[bytes], desired: list[bytes]) -> tuple[int, list[bytes] | None]:
+    """How a settle turns inflight from ``current`` into ``desired``: (entries dropped at the head,
+    None) when ``desired`` is what is left of ``current`` after them, else (0, ``desired``)."""
+    done = len(current) - len(desired)
+    if done >= 0 and current[done:] == desired:
+        return done, None
+    return 0, desired
+
+
+class RedisClock:
+    """Redis's clock as last read by a claim, carried forward by this process's monotonic clock.
+
+    Every time a drainer decides on (a record's age, the budget's slot, when a record failed) is
+    read from here, so workers and producers with skewed clocks decide alike.
+    """
+
+    def __init__(self) -> None:
+        self._redis_ms = 0
+        self._at = 0.0
+
+    def sync(self, redis_ms: int) -> None:
+        self._redis_ms, self._at = redis_ms, time.monotonic()
+
+    def now_ms(self) -> int:
+        return self._redis_ms + int((time.monotonic() - self._at) * 1000)
 
 
 class ShardStore:
@@ -329,15 +424,18 @@ class ShardStore:
         self._redis = client
         self.keys = keys
         self._ttl_ms = int(lease_ttl_s * 1000)
+        self.clock = RedisClock()
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._renew = client.register_script(RENEW_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._release = client.register_script(RELEASE_LUA)
+        self._lost = client.register_script(LOST_LUA)
         self._block = client.register_script(BLOCK_LUA)
         self._unblock = client.register_script(UNBLOCK_LUA)
         self._lower_max_bytes = client.register_script(LOWER_MAX_BYTES_LUA)
         self._probe_now = client.register_script(PROBE_NOW_LUA)
+        self._oldest = client.register_script(OLDEST_LUA)
 
     def acquire(self, shard: int) -> str | None:
         """Take the shard's lease; None when another drainer holds it."""
@@ -350,14 +448,18 @@ class ShardStore:
     def renew(self, shard: int, token: str) -> None:
         self._run(self._renew, [self.keys.shard(shard).lease], [token, self._ttl_ms], "renew lease")
 
-    def claim(self, shard: int, token: str, max_entries: int) -> Claim:
+    def claim(self, shard: int, token: str, max_entries: int, max_bytes: int) -> Claim:
+        """Take what the next request can carry: at most ``max_entries`` and about ``max_bytes``."""
         k = self.keys.shard(shard)
-        keys = [k.lease, k.queue, k.inflight, k.state, k.parked, self.keys.blocked, self.keys.meta, k.parked_why]
-        args = [token, max_entries, self._ttl_ms, k.parked_user_prefix, RELEASED_USERS_PER_CLAIM]
+        keys = [k.lease, k.queue, k.inflight, k.state, k.parked, k.parked_why, k.waiting, self.keys.blocked,
+                self.keys.meta]  # fmt: skip
+        args = [token, max_entries, max_bytes, self._ttl_ms, RELEASED_USERS_PER_CLAIM]
         reply = self._run(self._claim, keys, args, "claim")
+        self.clock.sync(int(reply[0]))
         return Claim(
-            entries=reply[6:], recoveries=int(reply[0]), parked_users=int(reply[1]), wait_ms=int(reply[2]),
-            wait_is_retry=reply[3] == 1, probe=reply[4] == 1, max_request_bytes=int(reply[5]),
+            entries=reply[8:], now_ms=int(reply[0]), recoveries=int(reply[1]), wait_ms=int(reply[2]),
+            wait_is_retry=reply[3] == 1, probe=reply[4] == 1, learned_request_bytes=int(reply[5]),
+            learned_age_ms=int(reply[6]), waiting_users=int(reply[7]),
         )  # fmt: skip
 
     def block(
@@ -380,28 +482,34 @@ class ShardStore:
         with store_errors("probe now"):
             return bool(self._probe_now(keys=[self.keys.blocked, self.keys.wakeups, self.keys.kick]))
 
-    def lower_max_request_bytes(self, limit: int) -> int:
-        """Lower the request size every worker uses (never raises it); returns the size in force."""
+    def lower_max_request_bytes(self, limit: int, quiet_ms: int) -> int:
+        """Lower the request size every worker uses; returns the size in force."""
         with store_errors("lower the request size"):
-            current: int = self._lower_max_bytes(keys=[self.keys.meta], args=[limit])
+            current: int = self._lower_max_bytes(keys=[self.keys.meta], args=[limit, quiet_ms])
         return int(current)
 
-    def settle(self, shard: int, token: str, s: Settlement) -> None:
+    def settle(self, shard: int, token: str, s: Settlement) -> list[str]:
+        """Apply one answer's settlement; returns the ids given to its dead letters."""
         k = self.keys.shard(shard)
         keys = [
             k.lease, k.inflight, self.keys.total, self.keys.stats, k.state, self.keys.dlq_entries,
-            self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why,
-            self.keys.delivered_in(int(time.time()) // 10),
+            self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why, k.waiting,
+            self.keys.delivered_in(self.clock.now_ms() // 10_000), k.dlq_seq,
         ]  # fmt: skip
-        args: list[Any] = [token, s.delivered, s.requests, s.error, len(s.keep), *s.keep, len(s.dead)]
+        args: list[Any] = [token, shard, s.delivered, s.requests, s.error, s.failed_ms, s.trim]
+        if s.replace is None:
+            args.append(-1)
+        else:
+            args += [len(s.replace), *s.replace]
+        args.append(len(s.dead))
         for d in s.dead:
-            args += [d.id, d.failed_ms, d.reason, d.json]
+            args += [d.reason, d.json]
         args.append(len(s.parked))
         for p in s.parked:
-            keys.append(k.parked_user(p.user_key))
-            args += [p.user_key, p.hold_ms, p.reason, len(p.entries), *p.entries]
+            args += [p.user_key, p.hold_ms, p.reason, len(p.members), *p.members]
         keys += [self.keys.fingerprint(u) for u in {d.user_key for d in s.dead if d.user_key is not None}]
-        self._run(self._settle, keys, args, "settle")
+        ids = self._run(self._settle, keys, args, "settle")
+        return [i.decode() for i in ids]
 
     def release(self, shard: int, token: str, *, retry_in_ms: int = 0, wake_in_ms: int = 0, clean: bool = True) -> None:
         """Give the shard back.  With ``retry_in_ms`` the whole shard waits that long (Redis's clock);
@@ -411,10 +519,18 @@ class ShardStore:
         with store_errors("release lease"):
             self._release(keys=keys, args=[token, shard, retry_in_ms, wake_in_ms, 1 if clean else 0])
 
-    def parked_release_times(self, shard: int, user_keys: Sequence[str]) -> list[float | None]:
-        with store_errors("read parked users"):
-            scores: list[float | None] = self._redis.zmscore(self.keys.shard(shard).parked, list(user_keys))
-        return scores
+    def oldest_waiting(self, shard: int, users: list[str]) -> dict[str, int]:
+        """For the users among ``users`` that wait: the seq of their oldest waiting update."""
+        k = self.keys.shard(shard)
+        with store_errors("read waiting users"):
+            reply = self._oldest(keys=[k.parked, k.waiting], args=users)
+        return {u: int(seq) for u, seq in zip(users, reply, strict=True) if int(seq) >= 0}
+
+    def lost(self, shard: int, token: str) -> None:
+        """Say that this drainer lost its lease (it did not crash): no recovery is counted for it."""
+        k = self.keys.shard(shard)
+        with store_errors("report a lost lease"):
+            self._lost(keys=[k.lease, k.state], args=[token])
 
     def _run(self, script: Any, keys: list[str], args: list[Any], action: str) -> Any:
         try:

@@ -11,6 +11,7 @@ import redis
 
 from producers.keys import Keys
 from producers.redis_conn import store_errors
+from worker.waiting import waiting_count
 
 #: A worker whose dispatcher has not written a heartbeat for this long is shown as gone.
 WORKER_STALE_S = 30
@@ -50,6 +51,7 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
             "in_flight": int(in_flight),
             "held": parked[s].get("held", 0),
             "deferred": parked[s].get("deferred", 0),
+            "replayed_waiting": parked[s].get("replayed", 0),
             "draining": bool(leased),
             "retry_at_ms": int(state["retry_at"]) if "retry_at" in state else None,
         })  # fmt: skip
@@ -64,6 +66,8 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "in_flight": sum(p["in_flight"] for p in per_shard),
         "held": sum(p["held"] for p in per_shard),
         "deferred": sum(p["deferred"] for p in per_shard),
+        # replayed dead letters waiting for their user's turn (usually for a moment only)
+        "replayed_waiting": sum(p["replayed_waiting"] for p in per_shard),
         "dead_letter": int(dlq_len),
         "dead_letter_by_reason": {k: int(v) for k, v in _text_map(dlq_counts).items()},
         "accepted_not_done": int(total or 0),
@@ -89,18 +93,12 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
 
 
 def _parked_counts(client: redis.Redis, keys: Keys, why: list[dict[str, str]]) -> list[dict[str, int]]:
-    """Records waiting per shard, by why their user waits (held after a 429, deferred by budget)."""
-    with store_errors("read parked users"):
-        pipe = client.pipeline(transaction=False)
-        for s, users in enumerate(why):
-            for user in users:
-                pipe.llen(keys.shard(s).parked_user(user))
-        lengths = iter(pipe.execute())
+    """Updates waiting per shard, by why their user waits (held after a 429, deferred, replayed)."""
     out: list[dict[str, int]] = []
-    for users in why:
+    for s, users in enumerate(why):
         counts: dict[str, int] = {}
-        for reason in users.values():
-            counts[reason] = counts.get(reason, 0) + int(next(lengths))
+        for reason, n in zip(users.values(), waiting_count(client, keys.shard(s), list(users)), strict=True):
+            counts[reason] = counts.get(reason, 0) + n
         out.append(counts)
     return out
 
