@@ -16,11 +16,12 @@ lint:
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	scripts/luacheck
 
 pytest:
 	$(VENV)/pytest
 
-# Each writes its table to bench/results/; the README quotes those files.
+# Each writes its table to bench/results/; scripts/readme-figures copies them into README.md and docs/.
 bench: bootstrap
 	$(VENV)/python -m bench.run
 	$(VENV)/python -m bench.throttling

@@ -1,6 +1,6 @@
 """A hot user's backlog must not cost everybody else: script times and the others' drain rate.
 
-One user has 100,000 updates deferred by the hourly budget (waiting, worker/waiting.py) while
+One user has 100,000 updates deferred by the hourly budget (waiting, worker/drain/waiting.py) while
 100,000 updates of 20,000 other users are queued in the same shard.  The others are drained by
 the real Drainer (real scripts, a sink that accepts every request without HTTP, so that the
 figure is the queue's own cost), and compared with the same drain without the hot user's backlog.
@@ -23,16 +23,16 @@ from typing import Any
 import redis
 
 from bench.report import publish
-from producers.config import QueueConfig
-from producers.keys import Keys
+from producers.contract.keys import Keys
+from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
-from worker.budget import BudgetStore
-from worker.drain import Drainer
-from worker.local_redis import LocalRedis
-from worker.ratelimit import RateLimiter
+from worker.devtools.local_redis import LocalRedis
+from worker.drain.budget import BudgetStore
+from worker.drain.limiter import RateLimiter
+from worker.drain.loop import Drainer
+from worker.drain.sink import HttpResult
+from worker.drain.store import ShardStore
 from worker.settings import Secret, Settings
-from worker.shard_store import ShardStore
-from worker.sink import HttpResult
 
 SLOW_US = 5000
 HOT_USER = "user-hot-000"

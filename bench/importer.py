@@ -36,11 +36,11 @@ import orjson
 import redis
 
 from bench.report import publish
-from producers.config import QueueConfig
-from producers.importer import Importer, ImportOptions
-from producers.keys import Keys
+from producers.contract.keys import Keys
+from producers.contract.settings import QueueConfig
+from producers.importer.run import Importer, ImportOptions
 from producers.producer import IdentifyProducer
-from worker.local_redis import LocalRedis
+from worker.devtools.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ("free", "pro", "enterprise")

@@ -42,9 +42,9 @@ import redis
 
 from bench.report import publish
 from bench.run import make_records
-from worker.local_ingest import IngestProcess
-from worker.local_redis import LocalRedis
-from worker.local_stack import cpu_seconds
+from worker.devtools.local_ingest import IngestProcess
+from worker.devtools.local_redis import LocalRedis
+from worker.devtools.local_stack import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-" + secrets.token_urlsafe(18)

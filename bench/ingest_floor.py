@@ -1,6 +1,6 @@
 """The ingest benchmark's baseline: the HTTP floor of ``identify-queue serve``.
 
-The same server stack as the real endpoint (``producers.ingest_server.serve``: waitress, the same
+The same server stack as the real endpoint (``producers.ingest.server.serve``: waitress, the same
 threads, limits and timeouts, the same routing, logging and answer encoding) with an application
 that reads the body, parses the envelope, checks the token and parses the identification JSON,
 then answers 200 without validating a record or touching Redis.  The real endpoint's rate over
@@ -16,9 +16,9 @@ import logging
 import sys
 from typing import Any
 
-from producers.entry import now_ms
-from producers.errors import RequestRefused
-from producers.ingest import (
+from producers.contract.entry import now_ms
+from producers.contract.errors import RequestRefused
+from producers.ingest.decide import (
     Answer,
     answer_accepted,
     answer_refused,
@@ -27,9 +27,9 @@ from producers.ingest import (
     check_size,
     identifications,
 )
-from producers.ingest_envelope import read_envelope
-from producers.ingest_server import IngestApp, serve
-from producers.ingest_settings import IngestSettings
+from producers.ingest.envelope import read_envelope
+from producers.ingest.server import IngestApp, serve
+from producers.ingest.settings import IngestSettings
 
 
 class FloorApp(IngestApp):

@@ -15,12 +15,12 @@ import redis
 
 from bench.report import publish
 from bench.run import ROOT, make_records
-from producers.config import QueueConfig
-from producers.keys import Keys
+from producers.contract.keys import Keys
+from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
 from producers.record import validate
-from worker.budget import SLOTS
-from worker.local_redis import LocalRedis
+from worker.devtools.local_redis import LocalRedis
+from worker.drain.budget import SLOTS
 
 
 def used(client: redis.Redis) -> int:

@@ -1,4 +1,4 @@
-"""Where every benchmark's table goes: printed, and written to bench/results/ for the README."""
+"""Where every benchmark's table goes: printed, and written to bench/results/ for the docs."""
 
 from __future__ import annotations
 

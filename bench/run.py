@@ -36,12 +36,12 @@ import orjson
 import redis
 
 from bench.report import publish
-from producers.config import QueueConfig
-from producers.keys import Keys
+from producers.contract.keys import Keys
+from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
 from producers.record import validate
-from worker.local_redis import LocalRedis
-from worker.local_stack import LocalAmplitudeProcess, WorkerProcess, cpu_seconds
+from worker.devtools.local_redis import LocalRedis
+from worker.devtools.local_stack import LocalAmplitudeProcess, WorkerProcess, cpu_seconds
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parent.parent

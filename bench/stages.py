@@ -2,7 +2,7 @@
 
     python -m bench.stages        # writes bench/results/stages.md
 
-These are the figures behind the README's design notes: validation, the queue entry, the form
+These are the figures behind the design notes (docs/design.md): validation, the queue entry, the form
 encoder against urllib's urlencode, and merging.
 """
 
@@ -18,10 +18,10 @@ import orjson
 from bench.report import publish
 from bench.run import ROOT, make_records
 from bench.throttling import event_mix
-from producers import entry
+from producers.contract import entry
 from producers.record import compact_json, validate
-from worker.coalesce import coalesce
-from worker.sink import batch_json, form_body
+from worker.drain.merging import coalesce
+from worker.drain.sink import batch_json, form_body
 
 N = 1000
 

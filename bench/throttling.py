@@ -25,8 +25,8 @@ from typing import Any
 
 from bench.report import publish
 from bench.run import API_KEY, ROOT, make_records, run_ours
-from worker.local_redis import LocalRedis
-from worker.local_stack import LocalAmplitudeProcess
+from worker.devtools.local_redis import LocalRedis
+from worker.devtools.local_stack import LocalAmplitudeProcess
 
 
 def event_mix(count: int, users: int, seed: int = 7) -> list[dict[str, Any]]:

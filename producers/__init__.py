@@ -3,8 +3,7 @@
 Needs only redis and orjson; it never imports Celery.
 """
 
-from producers.config import QueueConfig
-from producers.errors import (
+from producers.contract.errors import (
     ConfigError,
     IdentifyQueueError,
     ImportJobError,
@@ -14,6 +13,7 @@ from producers.errors import (
     SourceError,
     StoreError,
 )
+from producers.contract.settings import QueueConfig
 from producers.producer import EnqueueReport, IdentifyProducer
 from producers.record import FIELDS, OPERATIONS, ValidRecord, validate, validate_json
 

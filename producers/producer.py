@@ -20,152 +20,16 @@ from typing import Any, Literal
 
 import redis
 
-from producers import entry
-from producers.config import QueueConfig
-from producers.errors import ImportJobError, InvalidRecord, QueueFull, QueueMismatch, StoreError
-from producers.keys import Keys
+from producers.contract import entry
+from producers.contract.connection import connect, store_errors
+from producers.contract.errors import InvalidRecord, QueueFull, QueueMismatch
+from producers.contract.keys import Keys
+from producers.contract.scripts import Script
+from producers.contract.settings import QueueConfig
 from producers.record import ValidRecord, validate
-from producers.redis_conn import connect, store_errors
 
 #: Entry format version, stored in the meta hash beside the shard count.
 LAYOUT_VERSION = "2"
-
-# KEYS: meta, total, wakeups, kick; then two keys per shard group: its queue and its sequence counter;
-#       then, with fingerprints, one fingerprint key per entry (in entry order); then, with a job, the
-#       job's progress key.
-# ARGV: 1 shards, 2 layout, 3 cap, 4 count, 5 groups, 6 fingerprint TTL ms (0: no fingerprints),
-#       7 job run token ('': no job), 8 line, 9 offset, 10 rejected (in this chunk), 11 job state,
-#       12 job TTL ms; then per group: shard id, number of entries, the entries' tails (entry.tail);
-#       then, with fingerprints, one value per entry: its fingerprint, or '' for a record never skipped.
-# Each appended entry gets its head here: the shard's next sequence number and Redis's clock.
-# Returns {1, total, appended} when written, {0, total, 0} when the cap refuses the chunk (nothing
-# written, the job's progress included).
-ENQUEUE_LUA = """
-local shards, layout = ARGV[1], ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'shards', 'layout', 'linger_ms')
-if not stored[1] then
-  redis.call('HSET', KEYS[1], 'shards', shards, 'layout', layout)
-elseif stored[1] ~= shards or stored[2] ~= layout then
-  return redis.error_reply('QUEUE_MISMATCH shards=' .. stored[1] .. ' layout=' .. tostring(stored[2]))
-end
-local cap, count, groups = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local fp_ttl, run = tonumber(ARGV[6]), ARGV[7]
-local job = nil
-if run ~= '' then
-  job = KEYS[#KEYS]
-  if redis.call('HGET', job, 'run') ~= run then
-    return redis.error_reply('IMPORT_TAKEN another run of this import job has taken it over')
-  end
-end
--- With fingerprints, an entry equal to what was last enqueued for its user is left out.  A user can
--- appear twice in one chunk, so the decision follows the chunk's own writes ('current').
-local keep, appended = nil, count
-local current, pending, touched = {}, {}, {}
-local fp_keys, fp_values = 4 + 2 * groups, 12 + 2 * groups + count
-if fp_ttl > 0 then
-  keep, appended = {}, 0
-  -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself
-  local before, i = {}, 1
-  while i <= count do
-    local j = math.min(i + 999, count)
-    local got = redis.call('MGET', unpack(KEYS, fp_keys + i, fp_keys + j))
-    for n = 1, #got do
-      before[i + n - 1] = got[n]
-    end
-    i = j + 1
-  end
-  for j = 1, count do
-    local key, value = KEYS[fp_keys + j], ARGV[fp_values + j]
-    local now = current[key]
-    if now == nil then
-      now = before[j] or ''
-    end
-    if value ~= '' and value == now then
-      keep[j] = false
-    else
-      keep[j] = true
-      appended = appended + 1
-      if pending[key] == nil then
-        touched[#touched + 1] = key
-      end
-      pending[key] = value
-    end
-    current[key] = value
-  end
-end
-local total = tonumber(redis.call('GET', KEYS[2]) or '0')
-if total + appended > cap then
-  return {0, total, 0}
-end
-if appended > 0 then
-  total = redis.call('INCRBY', KEYS[2], appended)
-end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = now_ms + tonumber(stored[3] or '0')
-local stamp = '|' .. now_ms .. '|'
--- number the tails values[first..last] from the shard's counter and append them, in slices:
--- Lua's C stack takes a few thousand values at most
-local function push(key, seq_key, values, first, last)
-  local n = last - first + 1
-  if n <= 0 then return 0 end
-  local seq = redis.call('INCRBY', seq_key, n) - n
-  local i = first
-  while i <= last do
-    local j = math.min(i + 999, last)
-    local slice = {}
-    for x = i, j do
-      seq = seq + 1
-      slice[#slice + 1] = '2|' .. seq .. stamp .. values[x]
-    end
-    redis.call('RPUSH', key, unpack(slice))
-    i = j + 1
-  end
-  return n
-end
-local a, e = 13, 0
-for g = 1, groups do
-  local queue, seq_key = KEYS[3 + 2 * g], KEYS[4 + 2 * g]
-  local shard, n = ARGV[a], tonumber(ARGV[a + 1])
-  local first, last = a + 2, a + 1 + n
-  local pushed
-  if keep then
-    local kept = {}
-    for i = first, last do
-      e = e + 1
-      if keep[e] then
-        kept[#kept + 1] = ARGV[i]
-      end
-    end
-    pushed = push(queue, seq_key, kept, 1, #kept)
-  else
-    pushed = push(queue, seq_key, ARGV, first, last)
-  end
-  -- LT: never postpone a drain that is already due earlier (a retry or hold keeps its own time)
-  if pushed > 0 then
-    redis.call('ZADD', KEYS[3], 'LT', due, shard)
-  end
-  a = last + 1
-end
-for _, key in ipairs(touched) do
-  if pending[key] == '' then
-    redis.call('DEL', key)
-  else
-    redis.call('SET', key, pending[key], 'PX', fp_ttl)
-  end
-end
-if appended > 0 and redis.call('LLEN', KEYS[4]) == 0 then
-  redis.call('RPUSH', KEYS[4], '1')
-end
-if job then
-  redis.call('HSET', job, 'line', ARGV[8], 'offset', ARGV[9], 'state', ARGV[11], 'updated_ms', now_ms)
-  redis.call('HINCRBY', job, 'enqueued', appended)
-  redis.call('HINCRBY', job, 'skipped', count - appended)
-  redis.call('HINCRBY', job, 'rejected', tonumber(ARGV[10]))
-  redis.call('PEXPIRE', job, ARGV[12])
-end
-return {1, total, appended}
-"""
 
 
 @dataclass(frozen=True)
@@ -215,7 +79,7 @@ class IdentifyProducer:
         self.config = config or QueueConfig()
         self.keys = Keys(self.config.namespace)
         self._redis = client or connect(self.config.redis_url)
-        self._enqueue = self._redis.register_script(ENQUEUE_LUA)
+        self._enqueue = Script(self._redis, "producers", "enqueue")  # producers/lua/enqueue.lua
         self._shard_keys = [(k.queue, k.seq) for k in map(self.keys.shard, range(self.config.shards))]
 
     @classmethod
@@ -335,24 +199,28 @@ class IdentifyProducer:
 
     def _run_enqueue(self, keys: list[str], args: list[Any]) -> list[int]:
         try:
-            with store_errors("enqueue"):
-                result: list[int] = self._enqueue(keys=keys, args=args)
-                return result
-        except StoreError as exc:
-            if "QUEUE_MISMATCH" in str(exc):
-                stored = str(exc).split("QUEUE_MISMATCH", 1)[1].strip(" )")
-                raise QueueMismatch(
-                    f"IDENTIFY_SHARDS is {self.config.shards}, but the queue in Redis was created with "
-                    f"{stored}; use the same IDENTIFY_SHARDS for every producer and worker"
-                ) from None
-            if "IMPORT_TAKEN" in str(exc):
-                raise ImportJobError(
-                    "another run of this import job has taken it over (started with --resume or --restart); "
-                    "this run stops here, and everything it enqueued is recorded in the job's progress"
-                ) from None
-            raise
+            result: list[int] = self._enqueue(keys, args, action="enqueue")
+        except QueueMismatch as exc:
+            raise mismatch(self.config.shards, exc.fields) from None
+        return result
 
     def queued(self) -> int:
         """Records accepted and not yet delivered or dead-lettered."""
         with store_errors("read queued count"):
             return int(self._redis.get(self.keys.total) or 0)
+
+
+def mismatch(shards: int, stored: dict[str, str]) -> QueueMismatch:
+    """The error for a queue laid out otherwise than this process's settings, naming both."""
+    layout = stored.get("layout", LAYOUT_VERSION)
+    if stored.get("shards", str(shards)) != str(shards):
+        return QueueMismatch(
+            f"IDENTIFY_SHARDS is {shards}, but the queue in Redis was created with {stored['shards']} shards; "
+            "use the same IDENTIFY_SHARDS for every producer and worker",
+            stored,
+        )
+    return QueueMismatch(
+        f"the queue in Redis has entry format {layout}, this version writes {LAYOUT_VERSION}: drain it with the "
+        "version that wrote it (or use another IDENTIFY_NAMESPACE) before switching",
+        stored,
+    )

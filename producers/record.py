@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from producers.errors import InvalidRecord
+from producers.contract.errors import InvalidRecord
 
 ID_FIELDS = ("user_id", "device_id")
 DEVICE_FIELDS = (

@@ -6,18 +6,26 @@ test works in its own namespace of keys (and Celery queue), so tests cannot see 
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 
-from producers.config import QueueConfig
+from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
-from tests.helpers import SENTINEL_API_KEY
-from worker.local_redis import LocalRedis
-from worker.local_stack import LocalAmplitudeProcess, WorkerProcess
+from tests.support import SENTINEL_API_KEY, StartWorker, worker_env
+from worker.devtools.local_redis import LocalRedis
+from worker.devtools.local_stack import LocalAmplitudeProcess, WorkerProcess
+
+# Property tests draw the same examples on every run: a run is deterministic, and a failure found
+# locally with IDENTIFY_HYPOTHESIS=random is added as an @example.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("random", derandomize=False)
+settings.load_profile(os.environ.get("IDENTIFY_HYPOTHESIS", "deterministic"))
 
 
 @pytest.fixture(scope="session")
@@ -65,29 +73,6 @@ def amplitude(amplitude_server: LocalAmplitudeProcess) -> LocalAmplitudeProcess:
     """The session's local Amplitude, with its state and faults reset for this test."""
     amplitude_server.reset()
     return amplitude_server
-
-
-def worker_env(queue_config: QueueConfig, identify_url: str, **overrides: str) -> dict[str, str]:
-    """Settings for test workers: short timeouts and leases, so that faults resolve in seconds."""
-    env = {
-        "REDIS_URL": queue_config.redis_url,
-        "IDENTIFY_NAMESPACE": queue_config.namespace,
-        "IDENTIFY_SHARDS": str(queue_config.shards),
-        "AMPLITUDE_API_KEY": SENTINEL_API_KEY,
-        "AMPLITUDE_IDENTIFY_URL": identify_url,
-        "IDENTIFY_BATCH_LINGER_MS": "20",
-        "IDENTIFY_HTTP_CONNECT_TIMEOUT_S": "0.5",
-        "IDENTIFY_HTTP_TIMEOUT_S": "2",
-        "IDENTIFY_LEASE_TTL_S": "3",
-        "IDENTIFY_DRAIN_SLICE_S": "1",
-        "IDENTIFY_COALESCE": "0",
-        "IDENTIFY_METRICS_PORT": "0",
-    }
-    env.update(overrides)
-    return env
-
-
-StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture

@@ -16,18 +16,18 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init, worker_process_shutdown
 
-from producers.keys import Keys
-from producers.logs import use_format
-from producers.redis_conn import connect
+from producers.contract.connection import connect
+from producers.contract.keys import Keys
+from producers.contract.logs import use_format
 from worker import metrics
-from worker.budget import BudgetStore
 from worker.dispatcher import Dispatcher
-from worker.drain import Drainer
+from worker.drain.budget import BudgetStore
+from worker.drain.limiter import RateLimiter
+from worker.drain.loop import Drainer
+from worker.drain.sink import HttpSink
+from worker.drain.store import ShardStore
 from worker.metrics import Metrics
-from worker.ratelimit import RateLimiter
 from worker.settings import Settings
-from worker.shard_store import ShardStore
-from worker.sink import HttpSink
 
 log = logging.getLogger("identify_queue.worker")
 

@@ -12,7 +12,7 @@ record: unique by construction, and in the order records failed.  Entries live i
 
 Replay puts each user's records back in their original order, ahead of that user's records still
 queued or waiting (they are older): a replayed record becomes a waiting update of its user
-(worker/waiting.py), placed by its ``seq``, and due at once unless the user is held or deferred
+(worker/drain/waiting.py), placed by its ``seq``, and due at once unless the user is held or deferred
 (then it waits with the others).  What replay cannot undo is what was delivered meanwhile: a user
 whose newer updates reached Amplitude after the record failed gets the old update applied after
 them (an old ``$set`` replayed after a newer one wins).  ``dlq list`` and ``show`` give each
@@ -34,14 +34,15 @@ from typing import Any, cast
 import orjson
 import redis
 
-from producers import entry as entries
-from producers.config import QueueConfig
-from producers.entry import Entry
-from producers.errors import QueueFull, QueueMismatch, StoreError
-from producers.keys import Keys
-from producers.redis_conn import connect, store_errors
-from worker.shard_store import DeadLetter
-from worker.waiting import REPLAYED, WAITING_LUA
+from producers.contract import entry as entries
+from producers.contract.connection import connect, store_errors
+from producers.contract.entry import Entry
+from producers.contract.errors import QueueFull, QueueMismatch
+from producers.contract.keys import Keys
+from producers.contract.scripts import Script
+from producers.contract.settings import QueueConfig
+from producers.producer import mismatch
+from worker.drain.settle import DeadLetter
 
 REASONS = ("invalid", "too_large", "expired", "undecodable", "poison")
 
@@ -54,7 +55,7 @@ def dead_letter(
         "reason": reason,
         "detail": detail,
         "status": status,
-        "response": response,  # already an excerpt (worker/outcome.py), with the API key masked
+        "response": response,  # already an excerpt (worker/drain/outcome.py), with the API key masked
         "attempts": e.attempts,
         "seq": e.seq,
         "first_enqueued_ms": e.enqueued_ms,
@@ -83,60 +84,6 @@ def dead_letter_raw(raw: bytes, failed_ms: int, detail: str) -> DeadLetter:
     return DeadLetter("undecodable", orjson.dumps(doc))
 
 
-# KEYS: dlq_entries, dlq_index, dlq_counts, total, wakeups, kick, stats, meta, then the shard's
-#       waiting, parked, parked_why
-# ARGV: cap, shards, shard, then per entry: id, reason, user key, queue entry (with its seq)
-# Returns the number moved, or an error when the queue cap would be passed or the shard count is not
-# the queue's (a user's records in two shards would lose their order); nothing is moved then.
-REPLAY_LUA = f"""
-{WAITING_LUA}
-local stored = redis.call('HGET', KEYS[8], 'shards')
-if stored and stored ~= ARGV[2] then
-  return redis.error_reply('QUEUE_MISMATCH shards=' .. stored)
-end
-local n = (#ARGV - 3) / 4
-local total = tonumber(redis.call('GET', KEYS[4]) or '0')
-if total + n > tonumber(ARGV[1]) then
-  return redis.error_reply('QUEUE_FULL ' .. total)
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local moved = 0
-for i = 0, n - 1 do
-  local id, reason, user, raw = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
-  if redis.call('HDEL', KEYS[1], id) == 1 then
-    redis.call('ZREM', KEYS[2], id)
-    if redis.call('HINCRBY', KEYS[3], reason, -1) <= 0 then redis.call('HDEL', KEYS[3], reason) end
-    local seq = entry_user(raw)
-    wait_add(KEYS[9], user, seq, raw)
-    -- due now, unless the user already waits (held, deferred): then with the others
-    if redis.call('ZADD', KEYS[10], 'NX', now, user) == 1 then redis.call('HSET', KEYS[11], user, '{REPLAYED}') end
-    redis.call('INCR', KEYS[4])
-    moved = moved + 1
-  end
-end
-if moved > 0 then
-  redis.call('ZADD', KEYS[5], 'LT', now, ARGV[3])
-  redis.call('HINCRBY', KEYS[7], 'replayed', moved)
-  if redis.call('LLEN', KEYS[6]) == 0 then redis.call('RPUSH', KEYS[6], '1') end
-end
-return moved
-"""
-
-# KEYS: dlq_entries, dlq_index, dlq_counts; ARGV: per entry: id, reason
-PURGE_LUA = """
-local removed = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    if redis.call('HINCRBY', KEYS[3], ARGV[i + 1], -1) <= 0 then redis.call('HDEL', KEYS[3], ARGV[i + 1]) end
-    removed = removed + 1
-  end
-end
-return removed
-"""
-
-
 @dataclass(frozen=True)
 class Selection:
     """Which entries an operation applies to; all criteria must hold."""
@@ -157,8 +104,8 @@ class DeadLetterQueue:
         self.keys = Keys(config.namespace)
         self._redis = client or connect(config.redis_url)
         self._chunk = chunk
-        self._replay = self._redis.register_script(REPLAY_LUA)
-        self._purge = self._redis.register_script(PURGE_LUA)
+        self._replay = Script(self._redis, "worker", "dlq_replay")  # worker/lua/dlq_replay.lua
+        self._purge = Script(self._redis, "worker", "dlq_purge")
 
     def count(self) -> int:
         with store_errors("count dead letters"):
@@ -227,18 +174,12 @@ class DeadLetterQueue:
                                  doc["first_enqueued_ms"])  # fmt: skip
             args += [doc["id"], doc["reason"], doc["user_key"], raw]
         try:
-            with store_errors("replay dead letters"):
-                return int(self._replay(keys=keys, args=args))
-        except StoreError as exc:
-            if "QUEUE_FULL" in str(exc):
-                queued = int(str(exc).rsplit(" ", 1)[-1].rstrip(")"))
-                raise QueueFull(queued, self.config.max_queued) from None
-            if "QUEUE_MISMATCH" in str(exc):
-                raise QueueMismatch(
-                    f"IDENTIFY_SHARDS is {self.config.shards}, but the queue in Redis was created with another "
-                    f"shard count ({exc}); replay with the same IDENTIFY_SHARDS as the producers and workers"
-                ) from None
-            raise
+            moved, queued = self._replay(keys, args, action="replay dead letters")
+        except QueueMismatch as exc:
+            raise mismatch(self.config.shards, exc.fields) from None
+        if not moved and queued:
+            raise QueueFull(int(queued), self.config.max_queued)
+        return int(moved)
 
     def purge(self, selection: Selection) -> int:
         removed = 0
@@ -247,10 +188,8 @@ class DeadLetterQueue:
             args: list[Any] = []
             for doc in docs[start : start + self._chunk]:
                 args += [doc["id"], doc["reason"]]
-            with store_errors("purge dead letters"):
-                removed += int(
-                    self._purge(keys=[self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts], args=args)
-                )
+            keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts]
+            removed += int(self._purge(keys, args, action="purge dead letters"))
         return removed
 
 

@@ -25,71 +25,12 @@ from collections.abc import Callable
 
 import redis
 
-from producers.errors import StoreError
-from producers.keys import Keys
-from producers.redis_conn import store_errors
+from producers.contract.connection import store_errors
+from producers.contract.errors import StoreError
+from producers.contract.keys import Keys
+from producers.contract.scripts import Script
 
 log = logging.getLogger("identify_queue.dispatcher")
-
-# KEYS: wakeups, blocked, then per shard s (in order 0..n-1): lease, state
-# ARGV: max shards to pop, grace ms (how long a sent task is trusted to come)
-# Returns {due shards..., -1, next due ms or -1, now ms}
-POP_DUE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
--- while a configuration error blocks sending, wake nobody before the next probe is due
-local probe_at = tonumber(redis.call('HGET', KEYS[2], 'next_probe_ms') or '0')
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))) do
-  redis.call('ZREM', KEYS[1], m)
-  local s = tonumber(m)
-  local lease, state = KEYS[3 + 2 * s], KEYS[4 + 2 * s]
-  if lease and redis.call('EXISTS', lease) == 0 then
-    local st = redis.call('HMGET', state, 'retry_at', 'dispatched_at')
-    local retry_at, sent = tonumber(st[1] or '0'), tonumber(st[2] or '0')
-    if probe_at > now then
-      redis.call('ZADD', KEYS[1], probe_at, m)
-    elseif retry_at > now then
-      redis.call('ZADD', KEYS[1], retry_at, m)
-    elseif now - sent >= tonumber(ARGV[2]) then
-      -- a task sent earlier and not yet started will drain this too: do not send another
-      redis.call('HSET', state, 'dispatched_at', now)
-      out[#out + 1] = s
-    end
-  end
-end
-out[#out + 1] = -1
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-out[#out + 1] = first[2] and tonumber(first[2]) or -1
-out[#out + 1] = now
-return out
-"""
-
-# KEYS: wakeups, then per shard: lease, queue, inflight, parked
-# ARGV: the shard ids, in the same order
-SWEEP_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local added = 0
-for i = 1, #ARGV do
-  local base = 2 + (i - 1) * 4
-  local lease, queue, inflight, parked = KEYS[base], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
-  if redis.call('EXISTS', lease) == 0 and not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    local due = nil
-    if redis.call('LLEN', queue) > 0 or redis.call('LLEN', inflight) > 0 then
-      due = now
-    else
-      local first = redis.call('ZRANGE', parked, 0, 0, 'WITHSCORES')
-      if first[2] then due = tonumber(first[2]) end
-    end
-    if due then
-      redis.call('ZADD', KEYS[1], due, ARGV[i])
-      added = added + 1
-    end
-  end
-end
-return added
-"""
 
 #: The longest the dispatcher blocks before looking again (it is woken earlier by kicks).
 MAX_WAIT_S = 1.0
@@ -115,8 +56,8 @@ class Dispatcher:
         self.sweep_interval_s = sweep_interval_s
         self._grace_ms = int(task_grace_s * 1000)
         self.node = node or f"{socket.gethostname()}:{threading.get_native_id()}"
-        self._pop_due = client.register_script(POP_DUE_LUA)
-        self._sweep = client.register_script(SWEEP_LUA)
+        self._pop_due = Script(client, "worker", "dispatch_pop_due")  # worker/lua/dispatch_pop_due.lua
+        self._sweep = Script(client, "worker", "dispatch_sweep")
         self._pop_keys = [keys.wakeups, keys.blocked]
         for s in range(shards):
             k = keys.shard(s)
@@ -155,8 +96,7 @@ class Dispatcher:
     def dispatch_due(self) -> float:
         """Send a drain task for every due shard; return how long until the next one is due (s)."""
         while True:
-            with store_errors("pop due wake-ups"):
-                reply = self._pop_due(keys=self._pop_keys, args=[500, self._grace_ms])
+            reply = self._pop_due(self._pop_keys, [500, self._grace_ms], action="pop due wake-ups")
             marker = reply.index(-1)
             due, next_due, now = reply[:marker], int(reply[marker + 1]), int(reply[marker + 2])
             for shard in due:
@@ -175,8 +115,7 @@ class Dispatcher:
             for s in ids:
                 k = self.keys.shard(s)
                 keys += [k.lease, k.queue, k.inflight, k.parked]
-            with store_errors("sweep shards"):
-                added += int(self._sweep(keys=keys, args=ids))
+            added += int(self._sweep(keys, ids, action="sweep shards"))
         if added:
             log.info("dispatcher: woke %d shard(s) that had work and no drainer", added)
         return added

@@ -26,9 +26,9 @@ from typing import Any
 
 import redis
 
-from producers.errors import StoreError
-from producers.keys import Keys
-from worker.shard_store import Settlement
+from producers.contract.errors import StoreError
+from producers.contract.keys import Keys
+from worker.drain.settle import Settlement
 from worker.status import gather
 
 log = logging.getLogger("identify_queue.metrics")

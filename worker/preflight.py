@@ -6,12 +6,12 @@ import logging
 
 import redis
 
-from producers.errors import ConfigError, QueueMismatch, StoreError
-from producers.keys import Keys
+from producers.contract.connection import describe, store_errors
+from producers.contract.errors import ConfigError, QueueMismatch, StoreError
+from producers.contract.keys import Keys
 from producers.producer import LAYOUT_VERSION
-from producers.redis_conn import describe, store_errors
+from worker.drain.store import ShardStore
 from worker.settings import Settings
-from worker.shard_store import ShardStore
 
 log = logging.getLogger("identify_queue.worker")
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from producers.config import (
+from producers.contract.errors import ConfigError
+from producers.contract.settings import (
     QueueConfig,
     env_bool,
     env_choice,
@@ -22,7 +23,6 @@ from producers.config import (
     log_format_from_env,
     log_level_from_env,
 )
-from producers.errors import ConfigError
 
 US_IDENTIFY_URL = "https://api2.amplitude.com/identify"
 EU_IDENTIFY_URL = "https://api.eu.amplitude.com/identify"

@@ -9,9 +9,9 @@ from typing import Any
 
 import redis
 
-from producers.keys import Keys
-from producers.redis_conn import store_errors
-from worker.waiting import waiting_count
+from producers.contract.connection import store_errors
+from producers.contract.keys import Keys
+from worker.drain.waiting import waiting_count
 
 #: A worker whose dispatcher has not written a heartbeat for this long is shown as gone.
 WORKER_STALE_S = 30

@@ -1,0 +1,72 @@
+"""How a record sits in Redis, and which shard it goes to.
+
+An entry is ``2|<seq>|<enqueued_ms>|<attempts>|<key length>|<user key>|<identification JSON>``.
+
+``seq`` is the entry's place in its shard, given by the enqueue script from a per-shard counter,
+and ``enqueued_ms`` is Redis's clock at that moment: a producer sends only the tail
+(``<attempts>|<key length>|<user key>|<JSON>``, see ``tail``) and the script puts the head in front.
+So a shard's entries are numbered in the order Redis accepted them, whatever the producers'
+clocks say; one user always maps to one shard, so ``seq`` orders each user's updates.  It is what
+keeps a user's waiting updates in order (``worker/drain/waiting.py``) and what gives dead letters their
+replay order.
+
+The header lets a drainer group, order and age records without parsing their JSON, and lets the
+batch body be built by joining the JSON parts as they are.  ``attempts`` counts the requests that
+carried the record and failed in a retryable way; it is rewritten only on that (rare) path.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import NamedTuple
+
+from producers.contract.errors import InvalidRecord
+
+FORMAT = b"2"
+
+
+class Entry(NamedTuple):
+    seq: int
+    enqueued_ms: int
+    attempts: int
+    user_key: str
+    data: bytes
+    raw: bytes
+
+
+def shard_of(user_key: str, shards: int) -> int:
+    """A stable shard for the key: every process, producer or worker, must compute the same one."""
+    return zlib.crc32(user_key.encode()) % shards
+
+
+def now_ms() -> int:
+    """This machine's clock, for what is shown to people (progress, logs), never for queue decisions."""
+    return time.time_ns() // 1_000_000
+
+
+def tail(user_key: str, data: bytes, attempts: int = 0) -> bytes:
+    """What a producer sends for one record; the enqueue script prefixes ``2|<seq>|<enqueued_ms>|``."""
+    key = user_key.encode()
+    return b"%d|%d|%b|%b" % (attempts, len(key), key, data)
+
+
+def encode(user_key: str, data: bytes, seq: int, enqueued_ms: int, attempts: int = 0) -> bytes:
+    return b"2|%d|%d|%b" % (seq, enqueued_ms, tail(user_key, data, attempts))
+
+
+def decode(raw: bytes) -> Entry:
+    """Parse an entry; a malformed one raises InvalidRecord (the drain dead-letters it as undecodable)."""
+    try:
+        version, seq, enqueued, attempts, key_len, rest = raw.split(b"|", 5)
+        n = int(key_len)
+        if version != FORMAT or rest[n : n + 1] != b"|":
+            raise ValueError("bad header")
+        return Entry(int(seq), int(enqueued), int(attempts), rest[:n].decode(), rest[n + 1 :], raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRecord("", "undecodable", f"queue entry cannot be decoded: {raw[:80]!r}") from None
+
+
+def with_attempts(entry: Entry, attempts: int) -> Entry:
+    raw = encode(entry.user_key, entry.data, entry.seq, entry.enqueued_ms, attempts)
+    return entry._replace(attempts=attempts, raw=raw)

@@ -1,0 +1,141 @@
+"""Validation: a table of good and bad identifications, each bad one naming its field and rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from producers.contract.errors import InvalidRecord
+from producers.record import FIELDS, validate, validate_json
+
+U = "user-0001"
+LONG = "x" * 1025
+
+
+def nest(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+GOOD: list[dict[str, Any]] = [
+    {"user_id": U},
+    {"device_id": "device-abcdef"},
+    {"user_id": U, "device_id": "device-abcdef"},
+    {"user_id": U, "user_properties": {"plan": "pro", "age": 31, "ratio": 0.5, "vip": True, "nick": None}},
+    {"user_id": U, "user_properties": {"$set": {"a": 1}, "$setOnce": {"b": 2}, "$add": {"c": 3},
+                                        "$append": {"d": "x"}, "$prepend": {"e": ["y"]}, "$unset": {"f": "-"},
+                                        "$preInsert": {"g": 1}, "$postInsert": {"h": 2}, "$remove": {"i": 3}}},
+    {"user_id": U, "user_properties": {"$clearAll": "-"}},
+    {"user_id": U, "user_properties": {"$add": {"score": -2.5}}},
+    {"user_id": U, "user_properties": {"tags": ["a", "b", {"deep": [1, 2]}]}},
+    {"user_id": U, "user_properties": nest(40)},  # user_properties is level 1; 40 levels in all
+    {"user_id": U, "groups": {"company": "acme", "team": ["red", "blue"]}},
+    {"user_id": U, "groups": {f"t{i}": [f"g{i}a", f"g{i}b"] for i in range(5)}},
+    {"user_id": U, **{f: "value" for f in FIELDS if f not in ("user_id", "device_id", "user_properties", "groups")}},
+    {"user_id": U, "city": "Zürich", "user_properties": {"greeting": "grüezi 👋"}},
+    {"user_id": "x" * 1024},
+    {"user_id": U, "user_properties": {"big": 2**63 - 1, "neg": -(2**63)}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("record", GOOD)
+def test_good_records_validate_and_encode_to_themselves(record: dict[str, Any]) -> None:
+    valid = validate(record)
+    assert orjson.loads(valid.data) == record
+    assert valid.user_key == (f"u:{record['user_id']}" if "user_id" in record else f"d:{record['device_id']}")
+
+
+BAD: list[tuple[Any, str, str]] = [
+    # record, field path, rule
+    ([{"user_id": U}], "", "not_object"),
+    ({}, "", "missing_id"),
+    ({"user_id": None, "device_id": None}, "", "missing_id"),
+    ({"userId": U}, "userId", "unknown_field"),
+    ({"user_id": U, "event_type": "x"}, "event_type", "unknown_field"),
+    ({"user_id": 12345}, "user_id", "not_string"),
+    ({"user_id": "abcd"}, "user_id", "too_short"),
+    ({"device_id": "1234"}, "device_id", "too_short"),
+    ({"user_id": LONG}, "user_id", "too_long"),
+    ({"user_id": "undefined"}, "user_id", "reserved_id"),
+    ({"device_id": "00000000-0000-0000-0000-000000000000"}, "device_id", "reserved_id"),
+    ({"user_id": "NULL_", "device_id": "Anonymous"}, "device_id", "reserved_id"),
+    ({"user_id": U, "platform": 7}, "platform", "not_string"),
+    ({"user_id": U, "paying": True}, "paying", "not_string"),
+    ({"user_id": U, "city": LONG}, "city", "too_long"),
+    ({"user_id": U, "user_properties": "plan=pro"}, "user_properties", "not_object"),
+    ({"user_id": U, "user_properties": {"$set": {"a": 1}, "b": 2}}, "user_properties.b", "mixed_operations"),
+    ({"user_id": U, "user_properties": {"a": 1, "$set": {"b": 2}}}, "user_properties.$set", "mixed_operations"),
+    ({"user_id": U, "user_properties": {"$setAll": {"a": 1}}}, "user_properties.$setAll", "unknown_operation"),
+    ({"user_id": U, "user_properties": {"$set": {"a": 1}, "$unset": {"a": "-"}}}, "user_properties.$unset.a",
+     "duplicate_property"),
+    ({"user_id": U, "user_properties": {"$set": ["a"]}}, "user_properties.$set", "not_object"),
+    ({"user_id": U, "user_properties": {"$add": {"n": "1"}}}, "user_properties.$add.n", "not_number"),
+    ({"user_id": U, "user_properties": {"$add": {"n": True}}}, "user_properties.$add.n", "not_number"),
+    ({"user_id": U, "user_properties": {"$clearAll": "-", "$set": {"a": 1}}}, "user_properties.$clearAll",
+     "clear_all_not_alone"),
+    ({"user_id": U, "user_properties": nest(41)}, "user_properties" + ".n" * 40, "too_deep"),
+    ({"user_id": U, "user_properties": {"l": [[[[1]]]], "x": nest(40)}}, "user_properties.x" + ".n" * 39,
+     "too_deep"),
+    ({"user_id": U, "user_properties": {"a": {"b": LONG}}}, "user_properties.a.b", "too_long"),
+    ({"user_id": U, "user_properties": {LONG: 1}}, "user_properties." + LONG, "too_long"),
+    ({"user_id": U, "user_properties": {"": 1}}, 'user_properties.""', "empty_key"),
+    ({"user_id": U, "user_properties": {"x": [1, float("nan")]}}, "user_properties.x[1]", "not_finite"),
+    ({"user_id": U, "user_properties": {"x": float("inf")}}, "user_properties.x", "not_finite"),
+    ({"user_id": U, "user_properties": {"x": 2**64}}, "user_properties.x", "out_of_range"),
+    ({"user_id": U, "user_properties": {"x": {1, 2}}}, "user_properties.x", "not_json"),
+    ({"user_id": U, "user_properties": {"x": b"bytes"}}, "user_properties.x", "not_json"),
+    ({"user_id": U, "user_properties": {"x": "\ud800"}}, "user_properties.x", "bad_utf8"),
+    ({"user_id": U, "groups": ["acme"]}, "groups", "not_object"),
+    ({"user_id": U, "groups": {f"t{i}": "g" for i in range(6)}}, "groups", "too_many_group_types"),
+    ({"user_id": U, "groups": {"a": [f"g{i}" for i in range(6)], "b": [f"h{i}" for i in range(5)]}}, "groups",
+     "too_many_groups"),
+    ({"user_id": U, "groups": {"company": ["acme", 3]}}, "groups.company[1]", "not_string"),
+    ({"user_id": U, "groups": {"company": LONG}}, "groups.company", "too_long"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("record", "path", "rule"), BAD)
+def test_bad_records_name_the_field_and_the_rule(record: Any, path: str, rule: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        validate(record)
+    assert (caught.value.field, caught.value.rule) == (path, rule)
+    assert str(caught.value).startswith(f"{path or 'identification'}: ")
+
+
+def test_the_minimum_id_length_is_configurable() -> None:
+    with pytest.raises(InvalidRecord):
+        validate({"user_id": "abc"})
+    assert validate({"user_id": "abc"}, min_id_length=3).user_key == "u:abc"
+
+
+def test_the_record_size_cap_applies_to_the_encoded_record() -> None:
+    record = {"user_id": U, "user_properties": {f"p{i}": "v" * 1000 for i in range(10)}}
+    assert validate(record, max_record_bytes=20_000)
+    with pytest.raises(InvalidRecord) as caught:
+        validate(record, max_record_bytes=5_000)
+    assert caught.value.rule == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("line", "rule"),
+    [
+        (b'{"user_id": "user-1", "user_properties": {"x": NaN}}', "bad_json"),
+        (b'{"user_id": "user-1", "user_properties": {"x": Infinity}}', "bad_json"),
+        (b'{"user_id": "user-\xff\xfe"}', "bad_json"),
+        (b'{"user_id": "user-1"', "bad_json"),
+        (b"[]", "not_object"),
+    ],
+)
+def test_json_input_is_strict(line: bytes, rule: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        validate_json(line)
+    assert caught.value.rule == rule
+
+
+def test_an_error_in_a_sequence_says_which_record() -> None:
+    error = InvalidRecord("user_id", "too_short", "must be at least 5 characters").at(7)
+    assert str(error) == "record 7: user_id: must be at least 5 characters"

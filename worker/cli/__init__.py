@@ -1,0 +1,1 @@
+"""The `identify-queue` command."""

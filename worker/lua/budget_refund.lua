@@ -1,0 +1,12 @@
+-- budget_refund: give back budget reserved for updates that were not sent, or surely not applied.
+--
+-- KEYS  the slot hash the reservation was counted in.
+-- ARGV  pairs (user key, count).
+-- Reply 1.
+
+for i = 1, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
