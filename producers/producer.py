@@ -79,7 +79,13 @@ class IdentifyProducer:
         self.config = config or QueueConfig()
         self.keys = Keys(self.config.namespace)
         self._redis = client or connect(self.config.redis_url)
-        self._enqueue = Script(self._redis, "producers", "enqueue")  # producers/lua/enqueue.lua
+        self._enqueue = Script(
+            self._redis,
+            "producers",
+            "enqueue",
+            replicas=self.config.min_replicas,
+            replica_timeout_ms=self.config.replica_timeout_ms,
+        )  # producers/lua/enqueue.lua
         self._shard_keys = [(k.queue, k.seq) for k in map(self.keys.shard, range(self.config.shards))]
 
     @classmethod

@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
-import redis
-
+from producers.contract.connection import connect
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from worker.deadletter import DeadLetterQueue, Selection
@@ -18,6 +18,9 @@ from worker.devtools.local_stack import WorkerProcess
 from worker.status import gather
 
 T = TypeVar("T")
+
+#: The repository's root (the README, the compose file, the package to build).
+ROOT = Path(__file__).resolve().parent.parent
 
 #: The API key every test worker uses; tests look for it in logs and Redis and must not find it.
 SENTINEL_API_KEY = "SENTINEL-KEY-7f3a9c1e5b"
@@ -126,7 +129,7 @@ def worker_env(queue_config: QueueConfig, identify_url: str, **overrides: str) -
 
 
 def status(config: QueueConfig) -> dict[str, Any]:
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config.redis_url)
     try:
         return gather(client, Keys(config.namespace), config.shards)
     finally:

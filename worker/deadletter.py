@@ -104,7 +104,13 @@ class DeadLetterQueue:
         self.keys = Keys(config.namespace)
         self._redis = client or connect(config.redis_url)
         self._chunk = chunk
-        self._replay = Script(self._redis, "worker", "dlq_replay")  # worker/lua/dlq_replay.lua
+        self._replay = Script(
+            self._redis,
+            "worker",
+            "dlq_replay",
+            replicas=config.min_replicas,
+            replica_timeout_ms=config.replica_timeout_ms,
+        )  # worker/lua/dlq_replay.lua
         self._purge = Script(self._redis, "worker", "dlq_purge")
 
     def count(self) -> int:

@@ -99,12 +99,26 @@ class Dispatcher:
             reply = self._pop_due(self._pop_keys, [500, self._grace_ms], action="pop due wake-ups")
             marker = reply.index(-1)
             due, next_due, now = reply[:marker], int(reply[marker + 1]), int(reply[marker + 2])
-            for shard in due:
-                self._send(int(shard))
+            for i, shard in enumerate(due):
+                try:
+                    self._send(int(shard))
+                except Exception as exc:
+                    # The broker is down: these shards were popped but got no task.  Wake them again
+                    # now, not after the grace a sent task gets, so the drain resumes with the broker.
+                    self._undispatch([int(s) for s in due[i:]])
+                    raise StoreError(f"send drain tasks: the broker refused ({type(exc).__name__}: {exc})") from exc
             if next_due < 0:
                 return MAX_WAIT_S
             if next_due > now:
                 return min(MAX_WAIT_S, (next_due - now) / 1000)
+
+    def _undispatch(self, shards: list[int]) -> None:
+        with store_errors("wake shards again"):
+            pipe = self._redis.pipeline(transaction=False)
+            for shard in shards:
+                pipe.hdel(self.keys.shard(shard).state, "dispatched_at")
+                pipe.zadd(self.keys.wakeups, {str(shard): 0})
+            pipe.execute()
 
     def sweep(self) -> int:
         """Wake every shard that has work but no wake-up and no owner (a crashed drainer's)."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from producers.contract.connection import parse_url
 from producers.contract.errors import ConfigError
 from producers.contract.settings import (
     QueueConfig,
@@ -58,6 +59,10 @@ class Secret:
 @dataclass(frozen=True)
 class Settings:
     queue: QueueConfig = field(default_factory=QueueConfig)
+    #: Celery's broker (it carries only wake-ups, never records): REDIS_URL unless set apart.
+    broker_url: str = ""
+    #: Celery's control channel (celery inspect, Flower); needs channel rights on the broker.
+    remote_control: bool = True
     api_key: Secret | None = None
     identify_url: str = US_IDENTIFY_URL
     #: Records per request.  Amplitude takes fewer than 2,000; 1,000 leaves room for splitting.
@@ -113,6 +118,8 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", self.queue.redis_url)
         # Form encoding turns a non-ASCII byte into three: a record must fit a request even then.
         if 3 * self.queue.max_record_bytes + 1024 > self.batch_max_bytes:
             raise ConfigError(
@@ -131,8 +138,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         key = env.get("AMPLITUDE_API_KEY", "").strip()
+        queue = QueueConfig.from_env(env)
         return cls(
-            queue=QueueConfig.from_env(env),
+            queue=queue,
+            broker_url=broker_url_from_env(env, queue.redis_url),
+            remote_control=env_bool(env, "IDENTIFY_REMOTE_CONTROL", cls.remote_control),
             api_key=Secret(key) if key else None,
             identify_url=_identify_url(env),
             batch_size=env_int(env, "IDENTIFY_BATCH_SIZE", cls.batch_size, 1, MAX_BATCH_SIZE),
@@ -180,6 +190,17 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def broker_url_from_env(env: Mapping[str, str], redis_url: str) -> str:
+    """IDENTIFY_BROKER_URL: a Redis URL in any form REDIS_URL takes, or amqp:// for RabbitMQ."""
+    url = env_str(env, "IDENTIFY_BROKER_URL", "")
+    if not url:
+        return redis_url
+    if url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        return url
+    parse_url(url, "IDENTIFY_BROKER_URL")
+    return url
 
 
 def _identify_url(env: Mapping[str, str]) -> str:

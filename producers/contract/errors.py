@@ -7,6 +7,7 @@
     ├── SourceError              an import's input cannot be read (corrupt gzip, a line past the limit)
     ├── ImportJobError           an import job cannot start or go on as asked (resume, restart)
     ├── StoreError               Redis could not be reached or refused a command
+    │   └── NotReplicated        written, but fewer replicas than IDENTIFY_MIN_REPLICAS confirmed it in time
     ├── ScriptRefusal            a Lua script refused the call; ``code`` is its error reply's first word
     │   ├── QueueMismatch        QUEUE_MISMATCH: Redis holds a queue laid out differently (shard count, format)
     │   ├── ImportTaken          IMPORT_TAKEN: another run of the import job took it over (also an ImportJobError)
@@ -126,6 +127,21 @@ class SourceError(IdentifyQueueError):
 
 class StoreError(IdentifyQueueError):
     """Redis could not be reached, or refused a command."""
+
+
+class NotReplicated(StoreError):
+    """The write reached the master, but fewer replicas than asked confirmed it in time (WAIT).
+
+    The records may or may not survive a failover of the master: not acknowledged, so retry.  A
+    retry may enqueue them twice (they were written once already); delivery is at least once.
+    """
+
+    def __init__(self, action: str, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        self.confirmed, self.wanted = confirmed, wanted
+        super().__init__(
+            f"{action}: written, but only {confirmed} of {wanted} replica(s) confirmed it within {timeout_ms} ms "
+            "(IDENTIFY_MIN_REPLICAS): not acknowledged, retry (a retry may enqueue the records twice)"
+        )
 
 
 class RequestRefused(IdentifyQueueError):

@@ -22,8 +22,8 @@ from typing import Any
 
 import redis
 
-from producers.contract.connection import store_errors
-from producers.contract.errors import IdentifyQueueError, ScriptRefusal, StoreError
+from producers.contract.connection import permission_hint, store_errors
+from producers.contract.errors import IdentifyQueueError, NotReplicated, ScriptRefusal, StoreError
 
 _USES = re.compile(r"^--! uses: (\w+)\s*$", re.M)
 
@@ -51,21 +51,60 @@ def codes() -> dict[str, type[ScriptRefusal]]:
 
 
 class Script:
-    """One registered script: ``script(keys, args)`` runs it, raising the tree's errors."""
+    """One registered script: ``script(keys, args)`` runs it, raising the tree's errors.
 
-    def __init__(self, client: redis.Redis, package: str, name: str) -> None:
+    ``replicas``: after a write that producers are told is accepted, wait (``WAIT``, on the same
+    connection, right after the script) until that many replicas confirm it, for at most
+    ``replica_timeout_ms``; fewer raises NotReplicated (IDENTIFY_MIN_REPLICAS).
+    """
+
+    def __init__(
+        self, client: redis.Redis, package: str, name: str, *, replicas: int = 0, replica_timeout_ms: int = 0
+    ) -> None:
         self.name = name
-        self._script = client.register_script(source(package, name))
+        self._client = client
+        self._source = source(package, name)
+        self._script = client.register_script(self._source)
+        self._replicas, self._replica_timeout_ms = replicas, replica_timeout_ms
 
     def __call__(self, keys: list[Any], args: list[Any] | None = None, *, action: str = "") -> Any:
+        action = action or self.name
         try:
-            with store_errors(action or self.name):
-                return self._script(keys=keys, args=args or [])
+            with store_errors(action):
+                if not self._replicas:
+                    return self._script(keys=keys, args=args or [])
+                pipe = self._client.pipeline(transaction=False)
+                self._script(keys=keys, args=args or [], client=pipe)
+                pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)  # type: ignore[no-untyped-call]
+                reply, confirmed = pipe.execute()
         except StoreError as exc:
             refusal = _refusal(exc.__cause__)
-            if refusal is None:
-                raise
-            raise refusal from None
+            if refusal is not None:
+                raise refusal from None
+            denied = _denied_command(str(exc.__cause__), self._source)
+            if denied:
+                raise StoreError(f"{action}: {permission_hint(f'no permissions to run the {denied!r} command')} "
+                                 f"({self.name}.lua)") from exc  # fmt: skip
+            raise
+        if int(confirmed) < self._replicas:
+            raise NotReplicated(action, int(confirmed), self._replicas, self._replica_timeout_ms)
+        return reply
+
+
+_SCRIPT_LINE = re.compile(r"can't run this command or subcommand.*@user_script:(\d+)")
+_CALL = re.compile(r"redis\.p?call\('(\w+)'")
+
+
+def _denied_command(message: str, text: str) -> str | None:
+    """The command a script ran that the Redis user may not run: Redis names only the script's
+    line, so the command is read from that line of the script as it was sent."""
+    line = _SCRIPT_LINE.search(message)
+    if line is None:
+        return None
+    lines = text.splitlines()
+    number = int(line.group(1))
+    call = _CALL.search(lines[number - 1]) if 0 < number <= len(lines) else None
+    return call.group(1).lower() if call else "(a command of the script)"
 
 
 def _refusal(cause: BaseException | None) -> ScriptRefusal | None:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from producers.contract.connection import parse_url
 from producers.contract.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -88,10 +89,10 @@ def log_format_from_env(env: Mapping[str, str]) -> str:
     return env_choice(env, "IDENTIFY_LOG_FORMAT", "text", ("text", "json"))
 
 
-def redis_url_from_env(env: Mapping[str, str]) -> str:
-    url = env_str(env, "REDIS_URL", DEFAULT_REDIS_URL)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url!r}")
+def redis_url_from_env(env: Mapping[str, str], name: str = "REDIS_URL") -> str:
+    """A Redis URL in one of the forms producers/contract/connection.py reads; checked at start."""
+    url = env_str(env, name, DEFAULT_REDIS_URL)
+    parse_url(url, name)
     return url
 
 
@@ -111,6 +112,10 @@ class QueueConfig:
     min_id_length: int = 5
     #: Largest identification accepted, as encoded JSON; it must fit in one request.
     max_record_bytes: int = 64 * 1024
+    #: Acknowledged means replicated: an enqueue returns only once this many replicas confirm it
+    #: (Redis WAIT), else it fails with NotReplicated and may be retried.  0: the master's word.
+    min_replicas: int = 0
+    replica_timeout_ms: int = 1000
 
     def __post_init__(self) -> None:
         if not _NAMESPACE.match(self.namespace):
@@ -128,4 +133,6 @@ class QueueConfig:
             max_queued=env_int(env, "IDENTIFY_MAX_QUEUED", cls.max_queued, 1, 10**12),
             min_id_length=env_int(env, "IDENTIFY_MIN_ID_LENGTH", cls.min_id_length, 1, 1024),
             max_record_bytes=env_int(env, "IDENTIFY_MAX_RECORD_BYTES", cls.max_record_bytes, 256, 900_000),
+            min_replicas=env_int(env, "IDENTIFY_MIN_REPLICAS", cls.min_replicas, 0, 16),
+            replica_timeout_ms=env_int(env, "IDENTIFY_REPLICA_TIMEOUT_MS", cls.replica_timeout_ms, 1, 600_000),
         )

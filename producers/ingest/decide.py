@@ -33,6 +33,7 @@ from producers.contract.errors import (
     InvalidRecord,
     MalformedRequest,
     MissingCredentials,
+    NotReplicated,
     QueueFull,
     QueueMismatch,
     RequestRefused,
@@ -249,6 +250,10 @@ def answer_failure(exc: IdentifyQueueError, retry_after_s: int) -> Answer:
     if isinstance(exc, QueueFull):
         return Answer(503, {"code": 503, "error": f"Queue full ({exc.queued} of {exc.cap} records queued): "
                             "nothing was enqueued, retry later", "retry_after_s": retry_after_s}, retry)  # fmt: skip
+    if isinstance(exc, NotReplicated):
+        error = ("Enqueued on the master, but not confirmed by enough replicas in time (IDENTIFY_MIN_REPLICAS): "
+                 "not acknowledged, retry later (a retry may enqueue the records twice)")  # fmt: skip
+        return Answer(503, {"code": 503, "error": error, "retry_after_s": retry_after_s}, retry)
     if isinstance(exc, StoreError):
         # A lost answer from Redis may hide a script that ran: "may not", so a retry can duplicate.
         return Answer(503, {"code": 503, "error": "Queue unavailable (Redis cannot be reached): the records may "

@@ -18,9 +18,7 @@
 
 local shards, layout = ARGV[1], ARGV[2]
 local stored = redis.call('HMGET', KEYS[1], 'shards', 'layout', 'linger_ms')
-if not stored[1] then
-  redis.call('HSET', KEYS[1], 'shards', shards, 'layout', layout)
-elseif stored[1] ~= shards or stored[2] ~= layout then
+if stored[1] and (stored[1] ~= shards or stored[2] ~= layout) then
   return iq.fail('QUEUE_MISMATCH', 'shards', stored[1], 'layout', stored[2])
 end
 local cap, count, groups = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -62,6 +60,7 @@ if fp_ttl > 0 then
 end
 local total = tonumber(redis.call('GET', KEYS[2]) or '0')
 if total + appended > cap then return {0, total, 0} end
+if not stored[1] then redis.call('HSET', KEYS[1], 'shards', shards, 'layout', layout) end
 if appended > 0 then total = redis.call('INCRBY', KEYS[2], appended) end
 local now_ms = iq.now_ms()
 local due = now_ms + tonumber(stored[3] or '0')

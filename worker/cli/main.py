@@ -37,7 +37,7 @@ def main() -> None:
     """
 
 
-for command in (run.worker, produce.enqueue, produce.import_, operate.status, operate.dlq, serve.serve,
+for command in (run.worker, produce.enqueue, produce.import_, operate.status, operate.dlq, operate.acl, serve.serve,
                 dev.local_amplitude, dev.demo):  # fmt: skip
     main.add_command(command)
 

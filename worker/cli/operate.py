@@ -186,3 +186,20 @@ def dlq_purge(reason: str | None, since: str | None, ids: tuple[str, ...], every
         count = sum(1 for _ in queue.entries(selection))
         click.confirm(f"Delete {count} dead-lettered record(s) for good?", abort=True)
     click.echo(f"purged {queue.purge(selection)} record(s)")
+
+
+@click.command("acl")
+@click.option("--user", default="identify", show_default=True, help="The Redis user's name.")
+@click.option("--events", is_flag=True, help="Also the channels of task events (for Flower, `worker --events`).")
+@friendly_errors
+def acl(user: str, events: bool) -> None:
+    """Print the least-privilege Redis ACL for identify-queue's settings (IDENTIFY_NAMESPACE, REDIS_URL).
+
+    Keys under the namespace, the commands identify-queue runs, Celery's control channel, and INFO
+    (optional: without it the worker warns that it cannot check maxmemory-policy). Nothing else of
+    @admin or @dangerous. Replace PASSWORD, then run the line with redis-cli as an admin.
+    """
+    from worker.preflight import least_privilege_acl
+    from worker.settings import Settings
+
+    click.echo(least_privilege_acl(Settings.from_env(), user=user, events=events))

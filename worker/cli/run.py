@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 
 import click
 
@@ -45,7 +46,7 @@ def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -
     # Before anything imports prometheus_client: the pool processes keep their metrics in files.
     prepare_multiprocess_dir()
     from worker.celery_app import create_app
-    from worker.preflight import check_redis
+    from worker.preflight import check_channels, check_redis
     from worker.settings import Settings
 
     settings = Settings.from_env()
@@ -54,6 +55,7 @@ def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -
         settings = settings.with_changes(concurrency=concurrency)
     client = connect(settings.queue.redis_url)
     check_redis(client, settings)
+    check_channels(client, settings)
     client.close()
     app = create_app(settings)
     node = name or f"identify@{socket.gethostname()}"
@@ -70,4 +72,7 @@ def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -
     ]  # fmt: skip
     if events:
         argv.append("--task-events")
-    app.worker_main(argv)
+    # Celery's command runs not standalone and returns its exit code (worker_main drops it): a
+    # worker ended by an unrecoverable error must exit non-zero, so that a supervisor restarts it.
+    code = app.start(argv)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -12,11 +12,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from producers.contract.errors import ConfigError, StoreError
+from worker.devtools.tls import TlsFiles
 
 
 def free_port(*, stable: bool = False) -> int:
@@ -47,7 +50,13 @@ def _ephemeral_low() -> int:
 
 
 class LocalRedis:
-    def __init__(self, *, port: int | None = None, appendonly: bool = False, directory: str | None = None) -> None:
+    """A redis-server of our own.  ``extra``: more arguments (an ACL, a replica's ``--replicaof``);
+    ``tls``: serve TLS only, with these files (worker/devtools/tls.py makes them)."""
+
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, directory: str | None = None,
+        extra: Sequence[str] = (), tls: TlsFiles | None = None,
+    ) -> None:  # fmt: skip
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise ConfigError(
@@ -56,12 +65,17 @@ class LocalRedis:
             )
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra = list(extra)
+        self.tls = tls
         self._own_dir = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="identify-queue-redis-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
@@ -70,10 +84,14 @@ class LocalRedis:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
             "--maxmemory-policy", "noeviction", "--protected-mode", "yes", "--loglevel", "warning",
-            "--logfile", str(self.dir / "redis.log"),
+            "--logfile", str(self.dir / "redis.log"), *self.extra,
         ]  # fmt: skip
+        if self.tls is not None:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.server_cert),
+                         "--tls-key-file", str(self.tls.server_key), "--tls-ca-cert-file", str(self.tls.ca),
+                         "--tls-auth-clients", "optional"]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.admin(socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -83,6 +101,7 @@ class LocalRedis:
                 except redis.ConnectionError:
                     if self.process.poll() is not None:
                         err = self.process.stderr.read().decode() if self.process.stderr else ""
+                        self.stop()
                         raise StoreError(f"redis-server exited at start: {err.strip()}") from None
                     if time.monotonic() > deadline:
                         raise StoreError(
@@ -91,6 +110,12 @@ class LocalRedis:
                     time.sleep(0.02)
         finally:
             client.close()
+
+    def admin(self, **options: Any) -> redis.Redis:
+        """A client of the default user (the tests' and benchmarks' own, never a product's)."""
+        if self.tls is not None:
+            return redis.Redis(port=self.port, ssl=True, ssl_ca_certs=str(self.tls.ca), **options)
+        return redis.Redis(port=self.port, **options)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -113,3 +138,59 @@ class LocalRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+class LocalSentinel:
+    """A `redis-server --sentinel` of our own watching one master as ``service`` (quorum 1), with
+    short timeouts so that a failover takes seconds, for tests and benchmarks."""
+
+    def __init__(self, master_port: int, *, service: str = "mymaster", down_after_ms: int = 1000) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError("redis-server is not installed")
+        self.binary = binary
+        self.port = free_port()
+        self.service = service
+        self.dir = Path(tempfile.mkdtemp(prefix="identify-queue-sentinel-"))
+        (self.dir / "sentinel.conf").write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", f"logfile {self.dir / 'sentinel.log'}",
+            f"sentinel monitor {service} 127.0.0.1 {master_port} 1",
+            f"sentinel down-after-milliseconds {service} {down_after_ms}",
+            f"sentinel failover-timeout {service} 3000", f"sentinel parallel-syncs {service} 1", "",
+        ]))  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> LocalSentinel:
+        self.process = subprocess.Popen([self.binary, str(self.dir / "sentinel.conf"), "--sentinel"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    if client.execute_command("SENTINEL", "get-master-addr-by-name", self.service):  # type: ignore[no-untyped-call]
+                        return self
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise StoreError(f"redis sentinel did not start on port {self.port} within {timeout_s} s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def master_port(self) -> int | None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            addr = client.execute_command("SENTINEL", "get-master-addr-by-name", self.service)  # type: ignore[no-untyped-call]
+            return int(addr[1]) if addr else None
+        finally:
+            client.close()
+
+    def url(self, db: int = 0) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/{db}"
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -116,15 +116,31 @@ class Drainer:
             except StoreError as exc:
                 log.warning("shard %d: cannot report the lost lease (%s)", shard, exc)
             return
-        try:
-            if pause is None:
-                self.store.release(shard, token, clean=clean)
-            elif pause.retry:
-                self.store.release(shard, token, retry_in_ms=pause.ms, clean=clean)
-            else:
-                self.store.release(shard, token, wake_in_ms=pause.ms, clean=clean)
-        except StoreError as exc:
-            log.warning("shard %d: cannot release its lease (%s); it expires on its own", shard, exc)
+        self._release(shard, token, pause, clean)
+
+    def _release(self, shard: int, token: str, pause: Pause | None, clean: bool) -> None:
+        """Give the shard back, trying again while Redis is away (a restart, a failover).
+
+        A shard left with its lease would wait out the whole TTL once Redis is back; so the
+        release is retried, every second at most, for as long as the lease would have lasted.
+        """
+        deadline, delay = time.monotonic() + self.settings.lease_ttl_s, 0.1
+        while True:
+            try:
+                if pause is None:
+                    self.store.release(shard, token, clean=clean)
+                elif pause.retry:
+                    self.store.release(shard, token, retry_in_ms=pause.ms, clean=clean)
+                else:
+                    self.store.release(shard, token, wake_in_ms=pause.ms, clean=clean)
+                return
+            except StoreError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("shard %d: cannot release its lease (%s); it expires on its own", shard, exc)
+                    return
+                log.info("shard %d: cannot release its lease yet (%s); trying again", shard, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _drain_owned(self, shard: int, token: str) -> tuple[Pause | None, bool]:
         """Claim and send until the slice ends or the shard must wait; (the pause, a clean stop)."""
