@@ -155,7 +155,7 @@ def users_records(n: int, prefix: str = "user") -> list[dict[str, Any]]:
 # -- Redis read back as plain values (the script tests assert exactly what a script leaves) -------------
 def redis_ms(client: redis.Redis) -> int:
     """Redis's clock in ms, as the scripts read it (``iq.now_ms``)."""
-    seconds, micros = cast(tuple[int, int], client.time())
+    seconds, micros = client.time()
     return seconds * 1000 + micros // 1000
 
 
@@ -171,13 +171,18 @@ def scored(client: redis.Redis, key: str) -> list[tuple[str, int]]:
     return [(m.decode(), int(s)) for m, s in raw]
 
 
+def members(client: redis.Redis, key: str) -> list[bytes]:
+    """ZRANGE 0 -1: a sorted set's members, in order."""
+    return cast(list[bytes], client.zrange(key, 0, -1))
+
+
 def listed(client: redis.Redis, key: str) -> list[bytes]:
     """LRANGE 0 -1."""
     return cast(list[bytes], client.lrange(key, 0, -1))
 
 
 def pttl(client: redis.Redis, key: str) -> int:
-    return int(cast(int, client.pttl(key)))
+    return int(client.pttl(key))
 
 
 def snapshot(client: redis.Redis, namespace: str) -> dict[bytes, Any]:
@@ -256,7 +261,7 @@ class ScriptedSink:
 
 def users_in_shard(shard: int, shards: int, count: int, prefix: str = "user") -> list[str]:
     """``count`` user ids whose records go to ``shard`` (of ``shards``), in a stable order."""
-    found = []
+    found: list[str] = []
     n = 0
     while len(found) < count:
         user = f"{prefix}-{n:05d}"

@@ -23,6 +23,7 @@ from tests.support import (
     answer,
     dead_letters,
     listed,
+    members,
     redis_ms,
     scored,
     seq_records,
@@ -85,10 +86,9 @@ def inflight(client: redis.Redis, keys: Keys) -> list[tuple[str, int]]:
 
 
 def waiting_of(client: redis.Redis, keys: Keys, user: str) -> list[int]:
-    members = client.zrange(keys.shard(SHARD).waiting, 0, -1)
     key = f"u:{user}"
     return [number(orjson.loads(entry.decode(waiting.entry_of(m, key)).data))
-            for m in members if m.startswith(waiting.prefix(key))]  # fmt: skip
+            for m in members(client, keys.shard(SHARD).waiting) if m.startswith(waiting.prefix(key))]  # fmt: skip
 
 
 def settled(client: redis.Redis, keys: Keys) -> None:

@@ -14,7 +14,7 @@ from producers.contract.errors import QueueFull, QueueMismatch
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
-from tests.support import listed, make_wait, queue_entry, redis_ms, scored, snapshot, text_hash, users_in_shard
+from tests.support import listed, make_wait, members, queue_entry, redis_ms, scored, snapshot, text_hash, users_in_shard
 from worker.deadletter import DeadLetterQueue, Selection, dead_letter
 from worker.drain import waiting
 
@@ -41,8 +41,11 @@ def replay(client: redis.Redis, keys: Keys, items: list[tuple[str, str, bytes]],
 
 
 def waiting_of(client: redis.Redis, keys: Keys, user: str) -> list[int]:
-    members = client.zrange(keys.shard(SHARD).waiting, 0, -1)
-    return [entry.decode(waiting.entry_of(m, user)).seq for m in members if m.startswith(waiting.prefix(user))]
+    return [
+        entry.decode(waiting.entry_of(m, user)).seq
+        for m in members(client, keys.shard(SHARD).waiting)
+        if m.startswith(waiting.prefix(user))
+    ]
 
 
 def test_a_replayed_record_waits_as_its_user_s_oldest_update_due_now(redis_client: redis.Redis, keys: Keys) -> None:

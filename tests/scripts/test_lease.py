@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from producers.contract import entry
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
-from tests.support import listed, pttl, redis_ms, scored, snapshot, text_hash
+from tests.support import listed, pttl, queue_entry, redis_ms, scored, snapshot, text_hash
 from worker.drain.lease import Leases
 from worker.errors import LeaseLost
 
@@ -20,10 +19,6 @@ SHARD = 3
 @pytest.fixture
 def leases(redis_client: redis.Redis, keys: Keys) -> Leases:
     return Leases(redis_client, keys, TTL_S)
-
-
-def an_entry(seq: int = 1) -> bytes:
-    return entry.encode("u:user-1", b'{"user_id":"user-1"}', seq, 0)
 
 
 # -- acquire --------------------------------------------------------------------------------------
@@ -81,7 +76,7 @@ def test_release_with_a_wrong_token_changes_nothing(
 ) -> None:
     k = keys.shard(SHARD)
     leases.acquire(SHARD)
-    redis_client.rpush(k.inflight, an_entry())
+    redis_client.rpush(k.inflight, queue_entry("u:user-1", 1))
     before = snapshot(redis_client, namespace)
     release = Script(redis_client, "worker", "lease_release")
     reply = release([k.lease, k.queue, k.inflight, k.parked, keys.wakeups, keys.kick, k.state],
@@ -94,7 +89,7 @@ def test_release_with_a_retry_makes_the_whole_shard_wait(leases: Leases, redis_c
     k = keys.shard(SHARD)
     token = leases.acquire(SHARD)
     assert token is not None
-    redis_client.rpush(k.inflight, an_entry())
+    redis_client.rpush(k.inflight, queue_entry("u:user-1", 1))
     before = redis_ms(redis_client)
     leases.release(SHARD, token, retry_in_ms=5000, clean=True)
     after = redis_ms(redis_client)
@@ -113,7 +108,7 @@ def test_release_with_a_wake_time_clears_the_retry(leases: Leases, redis_client:
     token = leases.acquire(SHARD)
     assert token is not None
     redis_client.hset(k.state, "retry_at", 1)
-    redis_client.rpush(k.queue, an_entry())
+    redis_client.rpush(k.queue, queue_entry("u:user-1", 1))
     before = redis_ms(redis_client)
     leases.release(SHARD, token, wake_in_ms=7000)
     after = redis_ms(redis_client)
@@ -129,7 +124,7 @@ def test_release_with_work_left_wakes_the_shard_at_once(
     k = keys.shard(SHARD)
     token = leases.acquire(SHARD)
     assert token is not None
-    redis_client.rpush(getattr(k, where), an_entry())
+    redis_client.rpush(getattr(k, where), queue_entry("u:user-1", 1))
     before = redis_ms(redis_client)
     leases.release(SHARD, token, clean=False)
     after = redis_ms(redis_client)
@@ -164,7 +159,7 @@ def test_release_never_postpones_an_earlier_wake_up(leases: Leases, redis_client
     k = keys.shard(SHARD)
     token = leases.acquire(SHARD)
     assert token is not None
-    redis_client.rpush(k.queue, an_entry())
+    redis_client.rpush(k.queue, queue_entry("u:user-1", 1))
     redis_client.zadd(keys.wakeups, {str(SHARD): 7})
     leases.release(SHARD, token, retry_in_ms=5000)
     assert scored(redis_client, keys.wakeups) == [(str(SHARD), 7)]

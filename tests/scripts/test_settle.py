@@ -9,7 +9,7 @@ import redis
 
 from producers.contract import entry
 from producers.contract.keys import Keys
-from tests.support import listed, make_wait, pttl, queue_entry, redis_ms, scored, snapshot, text_hash
+from tests.support import listed, make_wait, members, pttl, queue_entry, redis_ms, scored, snapshot, text_hash
 from worker.deadletter import dead_letter
 from worker.drain import waiting
 from worker.drain.clock import RedisClock
@@ -134,13 +134,13 @@ def test_a_held_user_is_parked_among_its_waiting_updates(shard: Shard, redis_cli
     now = redis_ms(redis_client)
     [older] = make_wait(redis_client, shard.k, "u:user-a", [7], now + 1000, reason="deferred")
     # When a 429 holds a (its in-flight updates 1 and 3) for 60 s, b's update delivered
-    members = waiting.members([entry.decode(shard.inflight[0]), entry.decode(shard.inflight[2])])
+    held = waiting.members([entry.decode(shard.inflight[0]), entry.decode(shard.inflight[2])])
     before = redis_ms(redis_client)
     shard.settle(Settlement(delivered=1, requests=1, replace=[],
-                            parked=[Parking("u:user-a", 60_000, waiting.HELD, members)]))  # fmt: skip
+                            parked=[Parking("u:user-a", 60_000, waiting.HELD, held)]))  # fmt: skip
     after = redis_ms(redis_client)
     # Then its updates wait in seq order, ahead of the newer one, until 60 s from now, held
-    assert [waiting.entry_of(m, "u:user-a") for m in redis_client.zrange(shard.k.waiting, 0, -1)] == [
+    assert [waiting.entry_of(m, "u:user-a") for m in members(redis_client, shard.k.waiting)] == [
         shard.inflight[0], shard.inflight[2], older
     ]  # fmt: skip
     [(user, until)] = scored(redis_client, shard.k.parked)
