@@ -15,6 +15,7 @@ import pytest
 import redis
 from hypothesis import settings
 
+from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
 from tests.support import SENTINEL_API_KEY, StartWorker, worker_env
@@ -38,6 +39,12 @@ def redis_server() -> Iterator[LocalRedis]:
 @pytest.fixture
 def namespace() -> str:
     return f"t-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def keys(namespace: str) -> Keys:
+    """The test's keys: every key a script test reads or passes is built here (producers/contract/keys.py)."""
+    return Keys(namespace)
 
 
 @pytest.fixture

@@ -1,20 +1,29 @@
 """What the tests share: waiting for a condition, building records, checking what arrived, reading
-the queue's status, and the settings of test workers.  Fixtures are in conftest.py; no test module
-imports another."""
+the queue's status, the settings of test workers, reading Redis back as plain values, and a
+scripted Amplitude for the Drainer.  Fixtures are in conftest.py; no test module imports another."""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs
 
+import orjson
+import redis
+
+from producers.contract import entry
 from producers.contract.connection import connect
-from producers.contract.keys import Keys
+from producers.contract.entry import shard_of
+from producers.contract.keys import Keys, ShardKeys
 from producers.contract.settings import QueueConfig
 from worker.deadletter import DeadLetterQueue, Selection
 from worker.devtools.local_stack import WorkerProcess
+from worker.drain import waiting
+from worker.drain.sink import HttpResult, form_body
+from worker.errors import SinkError
 from worker.status import gather
 
 T = TypeVar("T")
@@ -146,3 +155,144 @@ def dead_letters(config: QueueConfig, **selection: Any) -> list[dict[str, Any]]:
 
 def users_records(n: int, prefix: str = "user") -> list[dict[str, Any]]:
     return [{"user_id": f"{prefix}-{i:05d}", "user_properties": {"$set": {"seq": 0}}} for i in range(n)]
+
+
+# -- Redis read back as plain values (the script tests assert exactly what a script leaves) -------------
+def redis_ms(client: redis.Redis) -> int:
+    """Redis's clock in ms, as the scripts read it (``iq.now_ms``)."""
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def text_hash(client: redis.Redis, key: str) -> dict[str, str]:
+    """HGETALL, decoded."""
+    raw = cast(dict[bytes, bytes], client.hgetall(key))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def scored(client: redis.Redis, key: str) -> list[tuple[str, int]]:
+    """ZRANGE WITHSCORES, decoded, scores as integers (every score identify-queue writes is one)."""
+    raw = cast(list[tuple[bytes, float]], client.zrange(key, 0, -1, withscores=True))
+    return [(m.decode(), int(s)) for m, s in raw]
+
+
+def members(client: redis.Redis, key: str) -> list[bytes]:
+    """ZRANGE 0 -1: a sorted set's members, in order."""
+    return cast(list[bytes], client.zrange(key, 0, -1))
+
+
+def listed(client: redis.Redis, key: str) -> list[bytes]:
+    """LRANGE 0 -1."""
+    return cast(list[bytes], client.lrange(key, 0, -1))
+
+
+def pttl(client: redis.Redis, key: str) -> int:
+    return int(client.pttl(key))
+
+
+def snapshot(client: redis.Redis, namespace: str) -> dict[bytes, Any]:
+    """Every key of a namespace with its value, read by type: equal snapshots mean nothing changed."""
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(f"{namespace}:*"):
+        kind = cast(bytes, client.type(key)).decode()
+        value: Any
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = client.smembers(key) if kind == "set" else kind
+        out[key] = (kind, value)
+    return out
+
+
+# -- a scripted Amplitude for the real Drainer -----------------------------------------------------
+#: What a ScriptedSink does with one request: answer, raise (SinkTimeout ...), or decide by a
+#: function of the request's identifications.
+Reply = HttpResult | SinkError | Callable[[list[dict[str, Any]]], HttpResult | SinkError]
+
+
+def answer(status: int, doc: Any = None, headers: dict[str, str] | None = None) -> HttpResult:
+    """An HTTP answer with a JSON body (``{"code": status}`` when no document is given)."""
+    body = orjson.dumps({"code": status} if doc is None else doc)
+    return HttpResult(status, {"content-type": "application/json", **(headers or {})}, body)
+
+
+OK = answer(200, {"code": 200, "events_ingested": 1})
+
+
+class ScriptedSink:
+    """Amplitude for a Drainer in the test's process: each request gets the next scripted reply
+    (then ``default``), and is kept, decoded, in ``requests``.
+
+    ``body`` is the real form encoding (``worker.drain.sink.form_body``), so request sizes and the
+    growth of non-ASCII bytes are what production sends; ``post`` decodes it back.
+    """
+
+    def __init__(self, *replies: Reply, default: Reply = OK, api_key: str = SENTINEL_API_KEY) -> None:
+        self.replies: deque[Reply] = deque(replies)
+        self.default = default
+        self.api_key = api_key
+        self.requests: list[list[dict[str, Any]]] = []
+        self.bodies: list[bytes] = []
+        self.answers: list[int | None] = []
+
+    def body(self, identification: bytes) -> bytes:
+        return form_body(self.api_key, identification)
+
+    def post(self, body: bytes) -> HttpResult:
+        form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+        assert form["api_key"] == [self.api_key]
+        records: list[dict[str, Any]] = orjson.loads(form["identification"][0])
+        self.requests.append(records)
+        self.bodies.append(body)
+        reply = self.replies.popleft() if self.replies else self.default
+        result = reply(records) if callable(reply) else reply
+        if isinstance(result, SinkError):
+            self.answers.append(None)
+            raise result
+        self.answers.append(result.status)
+        return result
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """The identifications of every request answered with a 2xx, in order."""
+        return [r for records, status in zip(self.requests, self.answers, strict=True)
+                if status is not None and 200 <= status < 300 for r in records]  # fmt: skip
+
+
+def users_in_shard(shard: int, shards: int, count: int, prefix: str = "user") -> list[str]:
+    """``count`` user ids whose records go to ``shard`` (of ``shards``), in a stable order."""
+    found: list[str] = []
+    n = 0
+    while len(found) < count:
+        user = f"{prefix}-{n:05d}"
+        if shard_of(f"u:{user}", shards) == shard:
+            found.append(user)
+        n += 1
+    return found
+
+
+def queue_entry(user_key: str, seq: int, *, enqueued_ms: int = 0, attempts: int = 0, pad: int = 0) -> bytes:
+    """A queue entry as the enqueue script writes it: the update ``seq`` of the user (``u:<id>``),
+    padded with ``pad`` bytes of a property when a test needs sizes."""
+    props: dict[str, Any] = {"n": seq}
+    if pad:
+        props["pad"] = "x" * pad
+    data = orjson.dumps({"user_id": user_key.removeprefix("u:"), "user_properties": {"$set": props}})
+    return entry.encode(user_key, data, seq, enqueued_ms, attempts)
+
+
+def make_wait(client: redis.Redis, k: ShardKeys, user_key: str, seqs: Iterable[int], until_ms: int,
+              reason: str = "held") -> list[bytes]:  # fmt: skip
+    """Put updates of a user among the shard's waiting ones and park the user until ``until_ms``,
+    as a settle does; returns the entries, oldest first."""
+    raws = [queue_entry(user_key, s) for s in sorted(seqs)]
+    if raws:
+        client.zadd(k.waiting, dict.fromkeys(waiting.members([entry.decode(r) for r in raws]), 0))
+    client.zadd(k.parked, {user_key: until_ms})
+    client.hset(k.parked_why, user_key, reason)
+    return raws

@@ -1,0 +1,94 @@
+"""The hourly budget's scripts (worker/lua/budget_reserve.lua, budget_refund.lua) against a real
+redis-server: what each user may be sent now, counted in the current ten-minute slot."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from producers.contract.keys import Keys, ShardKeys
+from producers.contract.scripts import Script
+from tests.support import pttl, text_hash
+from worker.drain.budget import SLOTS, Allowance, BudgetStore
+
+LIMIT = 3
+WINDOW_S = 3600
+SLOT_MS = WINDOW_S * 1000 // SLOTS
+NOW = 1000 * SLOT_MS + 1234  # the script reads no clock: the caller's (Redis's) time picks the slot
+CURRENT = NOW // SLOT_MS
+
+
+@pytest.fixture
+def budget(redis_client: redis.Redis) -> BudgetStore:
+    return BudgetStore(redis_client, LIMIT, WINDOW_S)
+
+
+@pytest.fixture
+def k(keys: Keys) -> ShardKeys:
+    return keys.shard(4)
+
+
+def counts(client: redis.Redis, k: ShardKeys, slot: int) -> dict[str, str]:
+    return text_hash(client, k.budget(slot))
+
+
+def test_what_is_within_the_budget_is_counted_in_the_current_slot(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    reserved: dict[str, int] = {"u:a": 1}
+    reservation = budget.reserve(k, {"u:a": 1, "u:b": 3}, NOW, reserved)
+    assert reservation.slot_key == k.budget(CURRENT)
+    assert reservation.limited == {}
+    assert reserved == {"u:a": 2, "u:b": 3}
+    assert counts(redis_client, k, CURRENT) == {"u:a": "1", "u:b": "3"}
+    # the slot outlives the six after it, during which it is still summed
+    assert budget.ttl_ms == SLOT_MS * (SLOTS + 2)
+    assert budget.ttl_ms - 1000 < pttl(redis_client, k.budget(CURRENT)) <= budget.ttl_ms
+
+
+def test_a_user_past_its_budget_is_allowed_what_is_left_and_told_when_more_may_go(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    # Given a: 1 sent six slots ago, 1 three slots ago; b: 3 sent in the current slot; c: 2 seven
+    # slots ago (no longer summed)
+    redis_client.hset(k.budget(CURRENT - 6), "u:a", 1)
+    redis_client.hset(k.budget(CURRENT - 3), "u:a", 1)
+    redis_client.hset(k.budget(CURRENT), "u:b", 3)
+    redis_client.hset(k.budget(CURRENT - 7), "u:c", 2)
+    reserved: dict[str, int] = {}
+    reservation = budget.reserve(k, {"u:a": 3, "u:b": 1, "u:c": 3}, NOW, reserved)
+    # Then a may have one now, the next once the slot six back ages out; b none until its own slot does
+    assert reservation.limited == {
+        "u:a": Allowance(1, (CURRENT + 1) * SLOT_MS - NOW),
+        "u:b": Allowance(0, (CURRENT + SLOTS + 1) * SLOT_MS - NOW),
+    }
+    assert reserved == {"u:a": 1, "u:b": 0, "u:c": 3}
+    # and only what is allowed is counted: b, allowed nothing, is not written
+    assert counts(redis_client, k, CURRENT) == {"u:a": "1", "u:b": "3", "u:c": "3"}
+
+
+def test_the_script_answers_only_for_limited_users_with_their_counts_oldest_first(
+    redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    redis_client.hset(k.budget(CURRENT - 6), "u:a", 2)
+    redis_client.hset(k.budget(CURRENT), "u:a", 1)
+    slots = [k.budget(s) for s in range(CURRENT - SLOTS, CURRENT + 1)]
+    # users u:a, u:b, u:c; a wants 2, c wants 4 (positions 0 and 2), b one
+    args = [LIMIT, 60_000, 3, "u:a", "u:b", "u:c", 2, 0, 2, 2, 4]
+    reply = Script(redis_client, "worker", "budget_reserve")(slots, args)
+    # {position, allowed, the count in each of the seven slots}: a allowed none of 2, c 3 of 4
+    assert reply == [0, 0, 2, 0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0]
+    assert counts(redis_client, k, CURRENT) == {"u:a": "1", "u:b": "1", "u:c": "3"}
+    assert 59_000 < pttl(redis_client, k.budget(CURRENT)) <= 60_000
+
+
+def test_a_refund_gives_back_what_was_not_sent_and_drops_emptied_users(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    slot = k.budget(CURRENT)
+    redis_client.hset(slot, mapping={"u:a": 3, "u:b": 2, "u:c": 1})
+    budget.refund(slot, {"u:a": 1, "u:b": 2, "u:c": 0, "u:d": 0})
+    assert counts(redis_client, k, CURRENT) == {"u:a": "2", "u:c": "1"}
+    # more than was counted (the slot expired meanwhile and was written again) leaves nothing below 0
+    Script(redis_client, "worker", "budget_refund")([slot], ["u:a", 5])
+    assert counts(redis_client, k, CURRENT) == {"u:c": "1"}
