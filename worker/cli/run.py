@@ -10,6 +10,7 @@ import click
 
 from producers.contract.connection import connect
 from producers.contract.keys import Keys
+from producers.contract.logs import configure
 from worker.cli.common import friendly_errors
 
 
@@ -51,6 +52,8 @@ def worker(concurrency: int | None, pool: str, name: str | None, events: bool) -
 
     settings = Settings.from_env()
     settings.require_api_key()
+    # The start checks log before Celery sets logging up: in the same format (one JSON object a line)
+    configure(settings.log_level, settings.log_format)
     if concurrency:
         settings = settings.with_changes(concurrency=concurrency)
     client = connect(settings.queue.redis_url)
