@@ -86,7 +86,7 @@ class IdentifyProducer:
             replicas=self.config.min_replicas,
             replica_timeout_ms=self.config.replica_timeout_ms,
         )  # producers/lua/enqueue.lua
-        self._shard_keys = [(k.queue, k.seq) for k in map(self.keys.shard, range(self.config.shards))]
+        self._shard_keys = [(k.queue, k.seq, k.minutes) for k in map(self.keys.shard, range(self.config.shards))]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IdentifyProducer:

@@ -159,3 +159,26 @@ def render(status: dict[str, Any]) -> str:
         if idle:
             lines.append(f"({idle} other shards empty)")
     return "\n".join(lines)
+
+
+def history(client: redis.Redis, keys: Keys, shards: int, minutes: int = 60) -> list[tuple[int, int, int]]:
+    """Records delivered and enqueued per minute over the last ``minutes`` (at most 63), oldest first:
+    (minute since the epoch, delivered, enqueued), summed over the shards' ``minutes`` rings."""
+    minutes = min(minutes, 63)
+    with store_errors("read the per-minute history"):
+        pipe = client.pipeline(transaction=False)
+        for s in range(shards):
+            pipe.hgetall(keys.shard(s).minutes)
+        pipe.time()
+        replies = pipe.execute()
+    now_minute = int(replies[-1][0]) // 60
+    delivered: dict[int, int] = {}
+    enqueued: dict[int, int] = {}
+    for ring in replies[:-1]:
+        fields = _text_map(ring)
+        for i in range(64):
+            minute = int(fields.get(f"m{i}", -1))
+            if now_minute - minutes < minute <= now_minute:
+                delivered[minute] = delivered.get(minute, 0) + int(fields.get(f"d{i}", 0))
+                enqueued[minute] = enqueued.get(minute, 0) + int(fields.get(f"e{i}", 0))
+    return [(m, delivered.get(m, 0), enqueued.get(m, 0)) for m in range(now_minute - minutes + 1, now_minute + 1)]

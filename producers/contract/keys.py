@@ -35,6 +35,7 @@ Per shard ``{sN}``
     waiting        ZSET   every waiting update of the shard, all at score 0, ordered by member:
                           ``<user key length>:<user key>|<seq, 15 digits>|<entry>`` (worker/drain/waiting.py)
     dlq_seq        STRING the last number given to a dead letter of the shard (its id is ``<shard>-<n>``)
+    minutes        HASH   records delivered and enqueued per minute, a ring of the last 64 (the console's chart)
     budget:<slot>  HASH   user -> identifications sent in that ten-minute slot
 """
 
@@ -55,6 +56,7 @@ class ShardKeys:
     parked_why: str
     waiting: str
     dlq_seq: str
+    minutes: str
     _prefix: str
 
     def budget(self, slot: int) -> str:
@@ -117,6 +119,7 @@ class Keys:
             parked_why=f"{prefix}:parked_why",
             waiting=f"{prefix}:waiting",
             dlq_seq=f"{prefix}:dlq_seq",
+            minutes=f"{prefix}:minutes",
             _prefix=prefix,
         )
 

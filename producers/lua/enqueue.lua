@@ -2,7 +2,7 @@
 -- import job's progress.  Used by IdentifyProducer (producers/producer.py) and the importer.
 --
 -- KEYS  meta, total, wakeups, kick;
---       then per shard group: its queue, its sequence counter;
+--       then per shard group: its queue, its sequence counter, its minutes;
 --       then, with fingerprints, one fingerprint key per entry (in entry order);
 --       then, with a job, the job's progress hash.
 -- ARGV  1 shards, 2 layout, 3 cap, 4 count, 5 groups, 6 fingerprint TTL ms (0: none),
@@ -32,7 +32,7 @@ end
 -- appear twice in one chunk, so the decision follows the chunk's own writes ('current').
 local keep, appended = nil, count
 local current, pending, touched = {}, {}, {}
-local fp_keys, fp_values = 4 + 2 * groups, 12 + 2 * groups + count
+local fp_keys, fp_values = 4 + 3 * groups, 12 + 2 * groups + count
 if fp_ttl > 0 then
   keep, appended = {}, 0
   -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself
@@ -87,7 +87,7 @@ end
 
 local a, e = 13, 0
 for g = 1, groups do
-  local queue, seq_key = KEYS[3 + 2 * g], KEYS[4 + 2 * g]
+  local queue, seq_key, minutes = KEYS[2 + 3 * g], KEYS[3 + 3 * g], KEYS[4 + 3 * g]
   local shard, n = ARGV[a], tonumber(ARGV[a + 1])
   local first, last = a + 2, a + 1 + n
   local pushed
@@ -102,7 +102,10 @@ for g = 1, groups do
     pushed = append(queue, seq_key, ARGV, first, last)
   end
   -- LT: never postpone a drain that is already due earlier (a retry or hold keeps its own time)
-  if pushed > 0 then redis.call('ZADD', KEYS[3], 'LT', due, shard) end
+  if pushed > 0 then
+    redis.call('ZADD', KEYS[3], 'LT', due, shard)
+    iq.count_minute(minutes, 'e', pushed, now_ms)
+  end
   a = last + 1
 end
 for _, key in ipairs(touched) do

@@ -77,7 +77,7 @@ class Settlements:
         keys = [
             k.lease, k.inflight, self.keys.total, self.keys.stats, k.state, self.keys.dlq_entries,
             self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why, k.waiting,
-            self.keys.delivered_in(self._clock.now_ms() // 10_000), k.dlq_seq,
+            self.keys.delivered_in(self._clock.now_ms() // 10_000), k.dlq_seq, k.minutes,
         ]  # fmt: skip
         args: list[Any] = [token, shard, s.delivered, s.requests, s.error, s.failed_ms, s.trim]
         if s.replace is None:

@@ -35,3 +35,14 @@ end
 function iq.kick(kick)
   if redis.call('LLEN', kick) == 0 then redis.call('RPUSH', kick, '1') end
 end
+
+-- Count n records of a kind ('d' delivered, 'e' enqueued) in the current minute of a shard's
+-- `minutes` hash: a ring of 64 minutes (fields m<i>, d<i>, e<i>), so it never grows.
+function iq.count_minute(key, kind, n, now_ms)
+  local minute = math.floor(now_ms / 60000)
+  local i = minute % 64
+  if tonumber(redis.call('HGET', key, 'm' .. i) or '-1') ~= minute then
+    redis.call('HSET', key, 'm' .. i, minute, 'd' .. i, 0, 'e' .. i, 0)
+  end
+  redis.call('HINCRBY', key, kind .. i, n)
+end
