@@ -101,7 +101,7 @@ def run(url: str, *, hot: int, others: int, users: int = 20_000, budget: int = 1
             drainer.drain(0)
         slow = [(int(e["duration"]), _command(e)) for e in client.slowlog_get(128)]
         waiting = int(client.zcard(keys.shard(0).waiting))
-        delivered = int(client.hget(keys.stats, "delivered") or 0) - 2 * min(hot, budget)
+        delivered = int(client.hget(keys.shard(0).stats, "delivered") or 0) - 2 * min(hot, budget)
         return Run(seconds, delivered, slow, waiting)
     finally:
         client.config_set("slowlog-log-slower-than", 10000)

@@ -155,7 +155,8 @@ def fingerprint_bytes_per_user(redis_url: str, path: Path, users: int) -> tuple[
         with IdentifyProducer(config) as producer:
             Importer(producer, ImportOptions(skip_unchanged=True)).run(str(path))
         keys = Keys(config.namespace)
-        fingerprints = [k for k in client.scan_iter(match=f"{keys.fingerprints_prefix}*", count=5000)]
+        every_shard = keys.shard(0).fingerprint("*").replace("{s0}", "*")
+        fingerprints = list(client.scan_iter(match=every_shard, count=5000))
         assert len(fingerprints) == users, len(fingerprints)
         before = int(client.info("memory")["used_memory"])
         for start in range(0, len(fingerprints), 5000):

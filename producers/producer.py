@@ -2,13 +2,14 @@
 
 A call returns only after Redis has the records (the enqueue script has run).  Nothing invalid is
 written: records are validated in this process first.  The cap on queued records
-(``IDENTIFY_MAX_QUEUED``) is checked and raised in the same script that appends, so concurrent
-producers cannot overshoot it.  Producers never import Celery; a worker finds new records through
-the ``wakeups`` set the script updates.
+(``IDENTIFY_MAX_QUEUED``) is split evenly over the shards and checked in the script that appends,
+per shard, so concurrent producers cannot overshoot it (on one Redis and on a Redis Cluster
+alike; a very hot shard may be refused before the whole queue reaches the cap).  Producers never
+import Celery; a worker finds new records through the ``wakeups`` set (wake.lua).
 
-The same script serves the bulk import (``importer.py``): ``enqueue_chunk`` can also record an
-import job's position after the chunk, and compare and store per-user fingerprints to skip
-unchanged records, in that one atomic call, so neither can disagree with what was appended.
+The same script serves the bulk import (``importer/``): ``enqueue_chunk`` can also record an
+import job's progress in each shard, and compare and store per-user fingerprints to skip unchanged
+records, in the call that appends, so neither can disagree with what was appended.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from producers.contract.errors import InvalidRecord, QueueFull, QueueMismatch
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
+from producers.contract.topology import Call, is_cluster, run_together
 from producers.record import ValidRecord, validate
 
 #: Entry format version, stored in the meta hash beside the shard count.
@@ -53,11 +55,12 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What one enqueue script call did: records appended, records skipped as unchanged, queued total."""
+    """What an enqueue did: records appended, skipped as unchanged, and left out because their
+    shard already had their line of the import job (an earlier run enqueued them)."""
 
     enqueued: int
     skipped: int
-    queued: int
+    already: int = 0
 
 
 @dataclass
@@ -79,14 +82,10 @@ class IdentifyProducer:
         self.config = config or QueueConfig()
         self.keys = Keys(self.config.namespace)
         self._redis = client or connect(self.config.redis_url)
-        self._enqueue = Script(
-            self._redis,
-            "producers",
-            "enqueue",
-            replicas=self.config.min_replicas,
-            replica_timeout_ms=self.config.replica_timeout_ms,
-        )  # producers/lua/enqueue.lua
-        self._shard_keys = [(k.queue, k.seq, k.minutes) for k in map(self.keys.shard, range(self.config.shards))]
+        self._enqueue = Script(self._redis, "producers", "enqueue")  # producers/lua/enqueue.lua
+        self._wake_script = Script(self._redis, "producers", "wake")
+        self._layout = f"{self.config.shards}|{LAYOUT_VERSION}"
+        self._layout_checked = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IdentifyProducer:
@@ -165,55 +164,117 @@ class IdentifyProducer:
         fingerprints: Sequence[bytes] | None = None,
         fingerprint_ttl_ms: int = 0,
         progress: JobProgress | None = None,
+        lines: Sequence[int] | None = None,
     ) -> ChunkResult:
-        """Append records, their users' fingerprints and an import job's progress in one script call.
+        """Append records, with their users' fingerprints and an import job's progress, and wake the
+        shards' drains (producers/lua/enqueue.lua, wake.lua).
 
         With ``fingerprints`` (one per record, aligned), a record whose fingerprint equals its
         user's stored one is skipped; every appended record stores its own (``b""``: the record
-        must never be skipped, and clears its user's).  Either everything is written or nothing:
-        QueueFull leaves the records, the fingerprints and the progress as they were.
+        must never be skipped, and clears its user's).  With ``progress``, ``lines`` gives each
+        record's line, and a shard that already has a line of the job leaves it out.
+
+        On one Redis the chunk is one script call: everything is written or nothing (QueueFull leaves
+        the records, the fingerprints and the progress as they were).  On a Redis Cluster it is one
+        call per shard, run in parallel across the nodes: each shard's part is whole or nothing, and
+        QueueFull or another error may leave other shards' parts written (``QueueFull.enqueued``
+        counts them; an import's resume leaves them out, by their lines).
         """
         if fingerprints is not None and (len(fingerprints) != len(records) or fingerprint_ttl_ms <= 0):
             raise ValueError("fingerprints need one value per record and a positive fingerprint_ttl_ms")
+        self._check_layout()
         shards = self.config.shards
         groups: dict[int, list[int]] = defaultdict(list)
         for i, rec in enumerate(records):
             groups[entry.shard_of(rec.user_key, shards)].append(i)
-        keys = [self.keys.meta, self.keys.total, self.keys.wakeups, self.keys.kick]
-        args: list[Any] = [shards, LAYOUT_VERSION, self.config.max_queued, len(records), len(groups)]
-        args += [fingerprint_ttl_ms if fingerprints is not None else 0]
-        if progress is None:
-            args += ["", 0, 0, 0, "", 0]
-        else:
-            state = "finished" if progress.finished else "running"
-            args += [progress.run, progress.line, progress.offset, progress.rejected, state, progress.ttl_ms]
-        order: list[int] = []
-        for shard, indices in groups.items():
-            keys += self._shard_keys[shard]
-            args += [shard, len(indices)]
-            args += [entry.tail(records[i].user_key, records[i].data) for i in indices]
-            order += indices
-        if fingerprints is not None:
-            keys += [self.keys.fingerprint(records[i].user_key) for i in order]
-            args += [fingerprints[i] for i in order]
-        if progress is not None:
-            keys.append(self.keys.import_progress(progress.job))
-        ok, total, appended = self._run_enqueue(keys, args)
-        if not ok:
-            raise QueueFull(int(total), self.config.max_queued)
-        return ChunkResult(int(appended), len(records) - int(appended), int(total))
+        parts = [list(groups.items())] if not is_cluster(self._redis) else [[item] for item in groups.items()]
+        calls = [self._enqueue_call(part, records, fingerprints, fingerprint_ttl_ms, progress=progress, lines=lines)
+                 for part in parts]  # fmt: skip
+        woken = [str(shard) for shard in groups]
+        if not is_cluster(self._redis) and calls:
+            calls.append(self._wake_call(woken))  # the same round trip: a wake-up for nothing does no harm
+        replies = run_together(self._redis, calls, replicas=self.config.min_replicas,
+                               replica_timeout_ms=self.config.replica_timeout_ms, action="enqueue")  # fmt: skip
+        if is_cluster(self._redis) and calls:
+            done = [str(part[0][0]) for part, reply in zip(parts, replies, strict=True)
+                    if not isinstance(reply, Exception) and int(reply[0]) == 1]  # fmt: skip
+            if done:
+                self._wake(self._wake_call(done).args, "wake the drains")
+        return self._result(replies[: len(parts)], len(records))
 
-    def _run_enqueue(self, keys: list[str], args: list[Any]) -> list[int]:
-        try:
-            result: list[int] = self._enqueue(keys, args, action="enqueue")
-        except QueueMismatch as exc:
-            raise mismatch(self.config.shards, exc.fields) from None
-        return result
+    def _enqueue_call(
+        self, part: list[tuple[int, list[int]]], records: Sequence[ValidRecord], fingerprints: Sequence[bytes] | None,
+        fingerprint_ttl_ms: int, *, progress: JobProgress | None, lines: Sequence[int] | None,
+    ) -> Call:  # fmt: skip
+        keys: list[str] = []
+        args: list[Any] = [self._layout, max(1, self.config.max_queued // self.config.shards), len(part)]
+        args.append(fingerprint_ttl_ms if fingerprints is not None else 0)
+        if progress is None:
+            args += ["", 0, 0, 0]
+        else:
+            args += [progress.run, progress.ttl_ms, progress.line, progress.offset]
+        for shard, indices in part:
+            k = self.keys.shard(shard)
+            keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
+            if progress is not None:
+                keys.append(k.import_progress(progress.job))
+            if fingerprints is not None:
+                keys += [k.fingerprint(records[i].user_key) for i in indices]
+            args += [shard, len(indices)]
+            for i in indices:
+                line = lines[i] if lines is not None else 0
+                fingerprint = fingerprints[i] if fingerprints is not None else b""
+                args += [line, fingerprint, entry.tail(records[i].user_key, records[i].data)]
+        return Call(self._enqueue, keys, args)
+
+    def _wake_call(self, shards: list[str]) -> Call:
+        args: list[Any] = ["LT"]
+        for shard in shards:
+            args += [shard, "linger"]
+        return Call(self._wake_script, [self.keys.meta, self.keys.wakeups, self.keys.kick], args)
+
+    def _wake(self, args: list[Any], action: str) -> None:
+        self._wake_script([self.keys.meta, self.keys.wakeups, self.keys.kick], args, action=action)
+
+    def _result(self, replies: list[Any], count: int) -> ChunkResult:
+        enqueued = skipped = already = 0
+        full: QueueFull | None = None
+        for reply in replies:
+            if isinstance(reply, QueueMismatch):
+                raise mismatch(self.config.shards, reply.fields)
+            if isinstance(reply, Exception):
+                raise reply
+            if int(reply[0]) == 0:
+                full = QueueFull(int(reply[2]), max(1, self.config.max_queued // self.config.shards),
+                                 shard=int(reply[1]))  # fmt: skip
+                continue
+            enqueued += int(reply[1])
+            skipped += int(reply[2])
+            already += int(reply[3])
+        if full is not None:
+            raise QueueFull(full.queued, full.cap, enqueued, shard=full.shard)
+        return ChunkResult(enqueued, skipped, already)
+
+    def _check_layout(self) -> None:
+        """Refuse a queue laid out otherwise, once per producer: every shard script checks its own
+        shard's layout too, but a producer with another shard count may write to shards the queue
+        never had, so the global layout is read first."""
+        if self._layout_checked:
+            return
+        with store_errors("read the queue layout"):
+            stored = self._redis.hmget(self.keys.meta, ["shards", "layout"])
+        shards, layout = (v.decode() if isinstance(v, bytes) else v for v in stored)
+        if shards is not None and (shards != str(self.config.shards) or layout != LAYOUT_VERSION):
+            raise mismatch(self.config.shards, {"shards": shards, "layout": layout or ""})
+        self._layout_checked = True
 
     def queued(self) -> int:
         """Records accepted and not yet delivered or dead-lettered."""
         with store_errors("read queued count"):
-            return int(self._redis.get(self.keys.total) or 0)
+            pipe = self._redis.pipeline(transaction=False)
+            for s in range(self.config.shards):
+                pipe.get(self.keys.shard(s).total)
+            return sum(int(v or 0) for v in pipe.execute())
 
 
 def mismatch(shards: int, stored: dict[str, str]) -> QueueMismatch:

@@ -190,6 +190,22 @@ def pttl(client: redis.Redis, key: str) -> int:
     return int(client.pttl(key))
 
 
+def total_of(client: redis.Redis, keys: Keys, shards: int) -> int:
+    """Records accepted and not yet done, summed over the shards' ``total`` counters."""
+    return sum(int(client.get(keys.shard(s).total) or 0) for s in range(shards))
+
+
+def counts_of(client: redis.Redis, keys: Keys, shards: int, what: str) -> dict[str, int]:
+    """A per-shard hash of counts (``stats``, ``dlq_counts``) summed over the shards; its text and
+    time fields (the last error, ``*_ms``) are left out."""
+    out: dict[str, int] = {}
+    for s in range(shards):
+        for name, value in text_hash(client, getattr(keys.shard(s), what)).items():
+            if value.isdigit() and not name.endswith("_ms"):
+                out[name] = out.get(name, 0) + int(value)
+    return out
+
+
 def snapshot(client: redis.Redis, namespace: str) -> dict[bytes, Any]:
     """Every key of a namespace with its value, read by type: equal snapshots mean nothing changed."""
     out: dict[bytes, Any] = {}

@@ -26,6 +26,7 @@ put back the oldest ones; the rest, replayed later, still come after them.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -41,7 +42,7 @@ from producers.contract.errors import QueueFull, QueueMismatch
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
-from producers.producer import mismatch
+from producers.producer import LAYOUT_VERSION, mismatch
 from worker.drain.settle import DeadLetter
 
 REASONS = ("invalid", "too_large", "expired", "undecodable", "poison")
@@ -97,54 +98,68 @@ class Selection:
 
 
 class DeadLetterQueue:
-    """List, show, export, replay and purge dead-lettered records (the `identify-queue dlq` commands)."""
+    """List, show, export, replay and purge dead-lettered records (the `identify-queue dlq` commands).
+
+    Each shard keeps its own dead letters (keys.py), so every operation touches one shard's keys at
+    a time; listing merges the shards' indexes by failure time.
+    """
 
     def __init__(self, config: QueueConfig, client: redis.Redis | None = None, chunk: int = 500) -> None:
         self.config = config
         self.keys = Keys(config.namespace)
         self._redis = client or connect(config.redis_url)
         self._chunk = chunk
-        self._replay = Script(
-            self._redis,
-            "worker",
-            "dlq_replay",
-            replicas=config.min_replicas,
-            replica_timeout_ms=config.replica_timeout_ms,
-        )  # worker/lua/dlq_replay.lua
+        self._replay = Script(self._redis, "worker", "dlq_replay", replicas=config.min_replicas,
+                              replica_timeout_ms=config.replica_timeout_ms)  # worker/lua/dlq_replay.lua  # fmt: skip
         self._purge = Script(self._redis, "worker", "dlq_purge")
+        self._wake = Script(self._redis, "producers", "wake")
+        self._layout = f"{config.shards}|{LAYOUT_VERSION}"
 
     def count(self) -> int:
         with store_errors("count dead letters"):
-            return int(self._redis.hlen(self.keys.dlq_entries))
+            pipe = self._redis.pipeline(transaction=False)
+            for s in range(self.config.shards):
+                pipe.hlen(self.keys.shard(s).dlq_entries)
+            return sum(int(n) for n in pipe.execute())
 
     def show(self, entry_id: str) -> dict[str, Any] | None:
+        shard = _shard_of_id(entry_id, self.config.shards)
+        if shard is None:
+            return None
         with store_errors("read dead letter"):
-            raw = self._redis.hget(self.keys.dlq_entries, entry_id)
+            raw = self._redis.hget(self.keys.shard(shard).dlq_entries, entry_id)
         return _doc(entry_id, raw) if raw else None
 
     def entries(self, selection: Selection = Selection()) -> Iterator[dict[str, Any]]:
-        """Matching entries, oldest failure first, read a chunk at a time."""
+        """Matching entries, oldest failure first (across shards), read a chunk at a time."""
         if selection.ids:
-            for chunk_start in range(0, len(selection.ids), self._chunk):
-                ids = list(selection.ids[chunk_start : chunk_start + self._chunk])
-                yield from self._load(ids, selection)
+            by_shard: dict[int, list[str]] = {}
+            for entry_id in selection.ids:
+                shard = _shard_of_id(entry_id, self.config.shards)
+                if shard is not None:
+                    by_shard.setdefault(shard, []).append(entry_id)
+            for shard, ids in sorted(by_shard.items()):
+                for start in range(0, len(ids), self._chunk):
+                    yield from self._load(shard, ids[start : start + self._chunk], selection)
             return
+        streams = [self._shard_entries(s, selection) for s in range(self.config.shards)]
+        yield from heapq.merge(*streams, key=lambda d: (d["failed_at_ms"], d["id"]))
+
+    def _shard_entries(self, shard: int, selection: Selection) -> Iterator[dict[str, Any]]:
         low = selection.since_ms if selection.since_ms is not None else "-inf"
+        index = self.keys.shard(shard).dlq_index
         offset = 0
         while True:
             with store_errors("list dead letters"):
-                found = cast(
-                    list[bytes],
-                    self._redis.zrangebyscore(self.keys.dlq_index, low, "+inf", start=offset, num=self._chunk),
-                )
+                found = cast(list[bytes], self._redis.zrangebyscore(index, low, "+inf", start=offset, num=self._chunk))
             if not found:
                 return
             offset += len(found)
-            yield from self._load([i.decode() for i in found], selection)
+            yield from self._load(shard, [i.decode() for i in found], selection)
 
-    def _load(self, ids: list[str], selection: Selection) -> Iterator[dict[str, Any]]:
+    def _load(self, shard: int, ids: list[str], selection: Selection) -> Iterator[dict[str, Any]]:
         with store_errors("read dead letters"):
-            raws = self._redis.hmget(self.keys.dlq_entries, ids)
+            raws = self._redis.hmget(self.keys.shard(shard).dlq_entries, ids)
         for entry_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 continue
@@ -170,10 +185,9 @@ class DeadLetterQueue:
 
     def _replay_chunk(self, shard: int, docs: Sequence[dict[str, Any]]) -> int:
         k = self.keys.shard(shard)
-        keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts, self.keys.total,
-                self.keys.wakeups, self.keys.kick, self.keys.stats, self.keys.meta,
-                k.waiting, k.parked, k.parked_why]  # fmt: skip
-        args: list[Any] = [self.config.max_queued, self.config.shards, shard]
+        keys = [k.dlq_entries, k.dlq_index, k.dlq_counts, k.total, k.stats, k.layout, k.waiting, k.parked,
+                k.parked_why]  # fmt: skip
+        args: list[Any] = [max(1, self.config.max_queued // self.config.shards), self._layout]
         for doc in docs:
             # seq 0 for an entry dead-lettered before entries had one: older than anything queued
             raw = entries.encode(doc["user_key"], orjson.dumps(doc["record"]), doc.get("seq") or 0,
@@ -184,19 +198,34 @@ class DeadLetterQueue:
         except QueueMismatch as exc:
             raise mismatch(self.config.shards, exc.fields) from None
         if not moved and queued:
-            raise QueueFull(int(queued), self.config.max_queued)
+            raise QueueFull(int(queued), max(1, self.config.max_queued // self.config.shards), shard=shard)
+        if moved:
+            self._wake([self.keys.meta, self.keys.wakeups, self.keys.kick], ["LT", shard, 0], action="wake the shard")
         return int(moved)
 
     def purge(self, selection: Selection) -> int:
         removed = 0
-        docs = list(self.entries(selection))
-        for start in range(0, len(docs), self._chunk):
-            args: list[Any] = []
-            for doc in docs[start : start + self._chunk]:
-                args += [doc["id"], doc["reason"]]
-            keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_counts]
-            removed += int(self._purge(keys, args, action="purge dead letters"))
+        docs = sorted(self.entries(selection), key=lambda d: _shard_of_id(d["id"], self.config.shards) or 0)
+        for shard, group in groupby(docs, key=lambda d: _shard_of_id(d["id"], self.config.shards)):
+            if shard is None:
+                continue
+            of_shard = list(group)
+            k = self.keys.shard(shard)
+            for start in range(0, len(of_shard), self._chunk):
+                args: list[Any] = []
+                for doc in of_shard[start : start + self._chunk]:
+                    args += [doc["id"], doc["reason"]]
+                removed += int(self._purge([k.dlq_entries, k.dlq_index, k.dlq_counts], args,
+                                           action="purge dead letters"))  # fmt: skip
         return removed
+
+
+def _shard_of_id(entry_id: str, shards: int) -> int | None:
+    """The shard a dead letter's id (``<shard>-<n>``) names; None for an id of another form."""
+    head, dash, _ = entry_id.partition("-")
+    if not dash or not head.isdigit() or int(head) >= shards:
+        return None
+    return int(head)
 
 
 def _doc(entry_id: str | bytes, raw: bytes | str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from producers.contract.connection import store_errors
 from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
+from producers.contract.topology import Call, run_together
 
 log = logging.getLogger("identify_queue.dispatcher")
 
@@ -57,11 +58,9 @@ class Dispatcher:
         self._grace_ms = int(task_grace_s * 1000)
         self.node = node or f"{socket.gethostname()}:{threading.get_native_id()}"
         self._pop_due = Script(client, "worker", "dispatch_pop_due")  # worker/lua/dispatch_pop_due.lua
+        self._mark = Script(client, "worker", "dispatch_mark")
         self._sweep = Script(client, "worker", "dispatch_sweep")
-        self._pop_keys = [keys.wakeups, keys.blocked]
-        for s in range(shards):
-            k = keys.shard(s)
-            self._pop_keys += [k.lease, k.state]
+        self._wake = Script(client, "producers", "wake")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,23 +93,44 @@ class Dispatcher:
                 self._stop.wait(1.0)
 
     def dispatch_due(self) -> float:
-        """Send a drain task for every due shard; return how long until the next one is due (s)."""
+        """Send a drain task for every due shard; return how long until the next one is due (s).
+
+        Due shards are popped from the global wake-ups (dispatch_pop_due.lua), then each is checked
+        on its own slot (dispatch_mark.lua: not owned, not waiting to retry, no task sent that has
+        not come yet); a shard that must wait is woken again at its time.
+        """
         while True:
-            reply = self._pop_due(self._pop_keys, [500, self._grace_ms], action="pop due wake-ups")
+            reply = self._pop_due([self.keys.wakeups, self.keys.blocked], [500], action="pop due wake-ups")
             marker = reply.index(-1)
-            due, next_due, now = reply[:marker], int(reply[marker + 1]), int(reply[marker + 2])
-            for i, shard in enumerate(due):
-                try:
-                    self._send(int(shard))
-                except Exception as exc:
-                    # The broker is down: these shards were popped but got no task.  Wake them again
-                    # now, not after the grace a sent task gets, so the drain resumes with the broker.
-                    self._undispatch([int(s) for s in due[i:]])
-                    raise StoreError(f"send drain tasks: the broker refused ({type(exc).__name__}: {exc})") from exc
+            due, next_due, now = [int(s) for s in reply[:marker]], int(reply[marker + 1]), int(reply[marker + 2])
+            calls = [Call(self._mark, [self.keys.shard(s).lease, self.keys.shard(s).state], [self._grace_ms])
+                     for s in due]  # fmt: skip
+            marks = run_together(self._redis, calls, action="mark shards dispatched")
+            later: list[int | str] = []
+            for shard, mark in zip(due, marks, strict=True):
+                if isinstance(mark, Exception):
+                    later += [shard, now]  # looked at again at once
+                    continue
+                send, at = int(mark[0]), int(mark[1])
+                if at:
+                    later += [shard, at]
+                if send:
+                    self._send_or_wake_again(shard)
+            if later:
+                self._wake([self.keys.meta, self.keys.wakeups, self.keys.kick], ["LT", *later], action="wake again")
             if next_due < 0:
                 return MAX_WAIT_S
             if next_due > now:
                 return min(MAX_WAIT_S, (next_due - now) / 1000)
+
+    def _send_or_wake_again(self, shard: int) -> None:
+        try:
+            self._send(shard)
+        except Exception as exc:
+            # The broker is down: the shard was popped but got no task.  Wake it again now, not
+            # after the grace a sent task gets, so the drain resumes with the broker.
+            self._undispatch([shard])
+            raise StoreError(f"send drain tasks: the broker refused ({type(exc).__name__}: {exc})") from exc
 
     def _undispatch(self, shards: list[int]) -> None:
         with store_errors("wake shards again"):
@@ -125,18 +145,27 @@ class Dispatcher:
         added = 0
         for start in range(0, self.shards, SWEEP_CHUNK):
             ids = list(range(start, min(start + SWEEP_CHUNK, self.shards)))
-            keys = [self.keys.wakeups]
+            calls = []
             for s in ids:
                 k = self.keys.shard(s)
-                keys += [k.lease, k.queue, k.inflight, k.parked]
-            added += int(self._sweep(keys, ids, action="sweep shards"))
+                calls.append(Call(self._sweep, [k.lease, k.queue, k.inflight, k.parked], []))
+            pairs: list[int | str] = []
+            for shard, due in zip(ids, run_together(self._redis, calls, action="sweep shards"), strict=True):
+                if isinstance(due, Exception):
+                    raise due
+                if int(due) >= 0:
+                    pairs += [shard, int(due)]
+            if pairs:
+                added += int(self._wake([self.keys.meta, self.keys.wakeups, self.keys.kick], ["NX", *pairs],
+                                        action="sweep shards"))  # fmt: skip
         if added:
             log.info("dispatcher: woke %d shard(s) that had work and no drainer", added)
         return added
 
     def heartbeat(self) -> None:
         with store_errors("heartbeat"):
-            self._redis.zadd(self.keys.workers, {self.node: int(time.time() * 1000)})
+            sec, usec = self._redis.time()  # Redis's clock: `status` compares with it
+            self._redis.zadd(self.keys.workers, {self.node: int(sec) * 1000 + int(usec) // 1000})
 
     def _wait_for_kick(self, timeout_s: float) -> None:
         with store_errors("wait for kick"):

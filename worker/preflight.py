@@ -18,6 +18,7 @@ from redis.exceptions import NoPermissionError
 from producers.contract.connection import describe, parse_url, store_errors
 from producers.contract.errors import ConfigError, QueueMismatch, StoreError
 from producers.contract.keys import Keys
+from producers.contract.topology import is_cluster
 from producers.producer import LAYOUT_VERSION, mismatch
 from worker.drain.store import ShardStore
 from worker.settings import Settings
@@ -33,6 +34,11 @@ def check_redis(client: redis.Redis, settings: Settings) -> None:
             client.ping()
     except StoreError as exc:
         raise StoreError(f"{exc}; set REDIS_URL to a reachable Redis") from None
+    if is_cluster(client) and settings.broker_url == settings.queue.redis_url:
+        raise ConfigError(
+            f"REDIS_URL ({url}) is a Redis Cluster, which Celery's broker cannot use: set IDENTIFY_BROKER_URL to a "
+            "standalone Redis, a Sentinel URL or amqp:// (it carries only wake-ups, never records)"
+        )
     _check_eviction(client, url)
     _check_persistence(client, url)
     keys = Keys(settings.queue.namespace)

@@ -18,7 +18,9 @@ WORKER_STALE_S = 30
 
 
 def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
+    per_read = 10
     with store_errors("read status"):
+        # A plain pipeline: on a cluster redis-py sends each node its shards' reads.
         pipe = client.pipeline(transaction=False)
         for s in range(shards):
             k = keys.shard(s)
@@ -27,24 +29,27 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
             pipe.hgetall(k.state)
             pipe.exists(k.lease)
             pipe.hgetall(k.parked_why)
-        pipe.get(keys.total)
-        pipe.hlen(keys.dlq_entries)
-        pipe.hgetall(keys.dlq_counts)
-        pipe.hgetall(keys.stats)
+            pipe.get(k.total)
+            pipe.hlen(k.dlq_entries)
+            pipe.hgetall(k.dlq_counts)
+            pipe.hgetall(k.stats)
+            pipe.hgetall(k.minutes)
         pipe.hgetall(keys.blocked)
         pipe.zrange(keys.workers, 0, -1, withscores=True)
-        pipe.time()
         replies = pipe.execute()
-    now_s = int(replies[-1][0])
-    with store_errors("read the delivery rate"):
-        # the current ten-second bucket and the six before it: the last minute and a bit
-        buckets = client.mget([keys.delivered_in(now_s // 10 - n) for n in range(7)])
-    rate_window_s = 60 + now_s % 10 + 1
-    parked = _parked_counts(client, keys, [_text_map(replies[5 * s + 4]) for s in range(shards)])
+        sec, usec = client.time()  # apart: a cluster's pipeline refuses TIME
+    blocked, workers = replies[per_read * shards :]
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    rows = [replies[per_read * s : per_read * (s + 1)] for s in range(shards)]
+    parked = _parked_counts(client, keys, [_text_map(row[4]) for row in rows])
     per_shard = []
-    for s in range(shards):
-        queued, in_flight, state, leased = replies[5 * s : 5 * s + 4]
-        state = _text_map(state)
+    total = dlq_len = delivered = dead_lettered = replayed = requests = 0
+    dlq_counts: dict[str, int] = {}
+    last_delivery_ms: int | None = None
+    last_error: tuple[int, str] | None = None
+    recent = 0
+    for s, (queued, in_flight, raw_state, leased, _, shard_total, dlq, counts, stats, minutes) in enumerate(rows):
+        state = _text_map(raw_state)
         per_shard.append({
             "shard": s,
             "queued": int(queued),
@@ -55,12 +60,23 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
             "draining": bool(leased),
             "retry_at_ms": int(state["retry_at"]) if "retry_at" in state else None,
         })  # fmt: skip
-    total, dlq_len, dlq_counts, stats, blocked, workers, (sec, usec) = replies[5 * shards :]
-    now_ms = int(sec) * 1000 + int(usec) // 1000
-    stats = _text_map(stats)
-    delivered = int(stats.get("delivered", 0))
-    dead_lettered = int(stats.get("dead_lettered", 0))
-    replayed = int(stats.get("replayed", 0))
+        total += int(shard_total or 0)
+        dlq_len += int(dlq)
+        for reason, n in _text_map(counts).items():
+            dlq_counts[reason] = dlq_counts.get(reason, 0) + int(n)
+        st = _text_map(stats)
+        delivered += int(st.get("delivered", 0))
+        dead_lettered += int(st.get("dead_lettered", 0))
+        replayed += int(st.get("replayed", 0))
+        requests += int(st.get("requests", 0))
+        if "last_delivery_ms" in st:
+            last_delivery_ms = max(last_delivery_ms or 0, int(st["last_delivery_ms"]))
+        if "last_error" in st:
+            candidate = (int(st.get("last_error_ms", 0)), st["last_error"])
+            last_error = max(last_error, candidate) if last_error else candidate
+        recent += _delivered_since(_text_map(minutes), now_ms // 60000 - 1)
+    # this minute so far and the whole one before it: the last minute and a bit
+    rate_window_s = 60 + (now_ms % 60000) / 1000
     return {
         "queued": sum(p["queued"] for p in per_shard),
         "in_flight": sum(p["in_flight"] for p in per_shard),
@@ -68,19 +84,19 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "deferred": sum(p["deferred"] for p in per_shard),
         # replayed dead letters waiting for their user's turn (usually for a moment only)
         "replayed_waiting": sum(p["replayed_waiting"] for p in per_shard),
-        "dead_letter": int(dlq_len),
-        "dead_letter_by_reason": {k: int(v) for k, v in _text_map(dlq_counts).items()},
-        "accepted_not_done": int(total or 0),
+        "dead_letter": dlq_len,
+        "dead_letter_by_reason": dlq_counts,
+        "accepted_not_done": total,
         # every record a producer was told is accepted: still here, delivered, or dead-lettered
         # (a replayed one is counted again when it comes back)
-        "enqueued": int(total or 0) + delivered + dead_lettered - replayed,
+        "enqueued": total + delivered + dead_lettered - replayed,
         "delivered": delivered,
         "dead_lettered": dead_lettered,
         "replayed": replayed,
-        "delivery_rate_per_s": round(sum(int(b or 0) for b in buckets) / rate_window_s, 1),
-        "requests": int(stats.get("requests", 0)),
-        "last_delivery_ms": int(stats["last_delivery_ms"]) if "last_delivery_ms" in stats else None,
-        "last_error": stats.get("last_error"),
+        "delivery_rate_per_s": round(recent / rate_window_s, 1),
+        "requests": requests,
+        "last_delivery_ms": last_delivery_ms,
+        "last_error": last_error[1] if last_error else None,
         "blocked": _blocked(_text_map(blocked)),
         "workers": [
             {"name": name.decode(), "last_seen_s": round((now_ms - score) / 1000, 1)}
@@ -90,6 +106,11 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "shards": per_shard,
         "time_ms": now_ms,
     }
+
+
+def _delivered_since(ring: dict[str, str], first_minute: int) -> int:
+    """Records delivered from ``first_minute`` on, read from a shard's ring of per-minute counts."""
+    return sum(int(ring.get(f"d{i}", 0)) for i in range(64) if int(ring.get(f"m{i}", -1)) >= first_minute)
 
 
 def _parked_counts(client: redis.Redis, keys: Keys, why: list[dict[str, str]]) -> list[dict[str, int]]:
@@ -169,12 +190,11 @@ def history(client: redis.Redis, keys: Keys, shards: int, minutes: int = 60) -> 
         pipe = client.pipeline(transaction=False)
         for s in range(shards):
             pipe.hgetall(keys.shard(s).minutes)
-        pipe.time()
         replies = pipe.execute()
-    now_minute = int(replies[-1][0]) // 60
+        now_minute = int(client.time()[0]) // 60
     delivered: dict[int, int] = {}
     enqueued: dict[int, int] = {}
-    for ring in replies[:-1]:
+    for ring in replies:
         fields = _text_map(ring)
         for i in range(64):
             minute = int(fields.get(f"m{i}", -1))

@@ -31,10 +31,11 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import redis
-from redis.exceptions import NoPermissionError
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterError, MovedError, NoPermissionError, TryAgainError
 from redis.sentinel import Sentinel
 
-from producers.contract.errors import ConfigError, StoreError
+from producers.contract.errors import ConfigError, SlotMoving, StoreError
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 _TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
@@ -104,8 +105,6 @@ def parse_url(url: str, variable: str = "REDIS_URL") -> RedisTarget:
         auth = {k.removeprefix("sentinel_"): v for k, v in params.items() if k.startswith("sentinel_")}
         return RedisTarget(url, scheme, hosts=hosts, db=db, username=username, password=password, service=service,
                            tls=tls, sentinel_auth=auth)  # fmt: skip
-    if len(hosts) > 1:
-        raise bad("names several hosts; only Sentinel URLs do (redis+sentinel://...)")
     if len(parts) > 1:
         raise bad("has a path beyond the database number")
     db = _db(parts[0] if parts else params.get("db", "0"), bad)
@@ -178,8 +177,57 @@ def connect(url: str | RedisTarget, **options: Any) -> redis.Redis:
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
         client: redis.Redis = sentinel.master_for(target.service, db=target.db)  # type: ignore[no-untyped-call]
         return client
-    host, port = target.hosts[0]
-    return redis.Redis(host=host, port=port, db=target.db, **options)
+    # Several hosts name nodes of one cluster: the first that answers says what it is, and the
+    # cluster client starts from all of them (a dead one among them does not stop a start).
+    for host, port in target.hosts:
+        client = redis.Redis(host=host, port=port, db=target.db, **options)
+        enabled = _is_cluster_node(client, (host, port), target.db)
+        if enabled is not None:
+            break
+        client.close()
+    else:
+        host, port = target.hosts[0]  # none answers: the first command says so
+        return redis.Redis(host=host, port=port, db=target.db, **options)
+    if not enabled:
+        if len(target.hosts) > 1:
+            client.close()
+            raise ConfigError(
+                f"REDIS_URL names several hosts, but {host}:{port} is not a Redis Cluster node; only a cluster's "
+                "URL (any of its nodes) or a Sentinel URL (redis+sentinel://) names several"
+            )
+        return client
+    client.close()
+    nodes = [ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
+    cluster: redis.Redis = RedisCluster(startup_nodes=nodes, **options)  # type: ignore[assignment]
+    return cluster
+
+
+_CLUSTER_NODES: dict[tuple[str, int], bool] = {}
+
+
+def _is_cluster_node(client: redis.Redis, address: tuple[str, int], db: int) -> bool | None:
+    """Whether the server at an address of REDIS_URL is a Redis Cluster node (asked once per
+    address), or None when it cannot be reached.
+
+    INFO is the cheap question; a user without it (managed Redis) is asked CLUSTER INFO, which a
+    server without cluster support refuses.
+    """
+    if address in _CLUSTER_NODES:
+        return _CLUSTER_NODES[address]
+    try:
+        enabled = bool(client.info("cluster").get("cluster_enabled", 0))
+    except NoPermissionError:
+        try:
+            client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+            enabled = True
+        except redis.ResponseError:
+            enabled = False
+    except redis.RedisError:
+        return None
+    if enabled and db:
+        raise ConfigError(f"REDIS_URL names database {db}, but a Redis Cluster has database 0 only")
+    _CLUSTER_NODES[address] = enabled
+    return enabled
 
 
 def _without_tcp(options: dict[str, Any]) -> dict[str, Any]:
@@ -209,6 +257,11 @@ def celery_broker(url: str | RedisTarget) -> tuple[str, dict[str, Any], dict[str
             options["sentinel_kwargs"] = {**target.sentinel_auth, **({"ssl": True} if target.tls else {})}
         url_ = ";".join(f"sentinel://{auth}{h}:{p}/{target.db}" for h, p in target.hosts)
         return url_, options, use_ssl
+    if len(target.hosts) > 1:
+        raise ConfigError(
+            "Celery's broker (IDENTIFY_BROKER_URL, by default REDIS_URL) names several hosts: it must be one Redis, "
+            "a Sentinel URL or amqp://; with the queue on a Redis Cluster, set IDENTIFY_BROKER_URL"
+        )
     host, port = target.hosts[0]
     return f"{'rediss' if target.tls else 'redis'}://{auth}{host}:{port}/{target.db}", options, use_ssl
 
@@ -237,6 +290,8 @@ def store_errors(action: str) -> Iterator[None]:
         yield
     except NoPermissionError as exc:
         raise StoreError(f"{action}: {permission_hint(str(exc))}") from exc
+    except (ClusterError, TryAgainError, MovedError, AskError) as exc:
+        raise SlotMoving(f"{action}: a slot of the Redis Cluster is moving between nodes; nothing was run") from exc
     except redis.AuthenticationError as exc:
         raise StoreError(f"{action}: Redis refused the user or password in REDIS_URL ({exc})") from exc
     except redis.ConnectionError as exc:

@@ -68,15 +68,18 @@ class InvalidRecord(IdentifyQueueError):
 
 
 class QueueFull(IdentifyQueueError):
-    """The queue holds its configured maximum; nothing of the refused chunk was enqueued."""
+    """A shard holds its share of the configured maximum (IDENTIFY_MAX_QUEUED over IDENTIFY_SHARDS);
+    nothing of the refused call was enqueued (on a Redis Cluster: of the refused shard's part)."""
 
-    def __init__(self, queued: int, cap: int, enqueued: int = 0) -> None:
+    def __init__(self, queued: int, cap: int, enqueued: int = 0, *, shard: int | None = None) -> None:
         self.queued = queued
         self.cap = cap
         self.enqueued = enqueued
+        self.shard = shard
+        where = f"shard {shard} holds" if shard is not None else "the queue holds"
         super().__init__(
-            f"queue full: {queued} records queued, cap is {cap} (IDENTIFY_MAX_QUEUED); "
-            f"{enqueued} records of this call were enqueued before it filled"
+            f"queue full: {where} {queued:,} records, its share of IDENTIFY_MAX_QUEUED is {cap:,}; "
+            f"{enqueued:,} records of this call were enqueued before it filled"
         )
 
 
@@ -127,6 +130,11 @@ class SourceError(IdentifyQueueError):
 
 class StoreError(IdentifyQueueError):
     """Redis could not be reached, or refused a command."""
+
+
+class SlotMoving(StoreError):
+    """A Redis Cluster node did not run the command: its slot is moving to another node (MOVED,
+    ASK, TRYAGAIN past redis-py's own retries).  Nothing was run, so running it again is safe."""
 
 
 class NotReplicated(StoreError):

@@ -1,31 +1,31 @@
 """Every Redis key identify-queue uses, built here and nowhere else.
 
-All keys start with the namespace (``IDENTIFY_NAMESPACE``, default ``identify``).  A shard's keys
-carry the shard in a hash tag, ``identify:{s7}:queue``, so that they share a Redis Cluster slot.
+All keys start with the namespace (``IDENTIFY_NAMESPACE``, default ``identify``), so one ACL
+pattern (``~identify:*``) covers them.  Each key carries a Redis Cluster hash tag, and every Lua
+script touches the keys of one tag only: a shard's keys share ``{sN}``, the few global keys share
+``{<namespace>}``.  On one Redis the tags change nothing; on a cluster each shard's keys live on
+one node, and shards spread over the masters.  What is global but must grow with the queue (totals,
+dead-letter counts) is kept per shard and summed by the readers (``worker/status.py``).
 
-Global keys
-    meta           HASH   layout of the queue (shard count, entry format), checked by every enqueue and
-                          replay; the workers' linger and any request size learned from a 413
-    total          STRING records accepted and not yet delivered or dead-lettered (the cap's basis)
+Global keys ``{<namespace>}``
+    meta           HASH   layout of the queue (shard count, entry format), the workers' linger, any
+                          request size learned from a 413
     wakeups        ZSET   shard -> time (ms) its drain is due; producers add, the dispatcher pops
     kick           LIST   at most one element: wakes a dispatcher blocked in BLPOP
-    stats          HASH   counters for `status` (delivered, requests, replayed, last error ...)
-    rate:<bucket>  STRING records delivered in that ten-second bucket (for the delivery rate)
     blocked        HASH   set while a configuration error (such as a bad API key) stops sending
-    dlq:entries    HASH   dead-letter id -> entry (JSON)
-    dlq:index      ZSET   dead-letter id -> failed-at time (ms), for listing in order
-    dlq:counts     HASH   reason -> number of dead-letter entries
     ratelimit:*    STRING GCRA state of the global request and record limits
     workers        ZSET   worker node name -> last heartbeat (ms)
-    import:<job>   HASH   an import job's progress: line, offset, counts, state, input, owning run
-                          (written by the enqueue script with each chunk; expires 30 days after)
-    fp:<user key>  STRING 12-byte fingerprint of the last record an import enqueued for the user
-                          (--skip-unchanged; TTL --fingerprint-ttl; the worker deletes it on dead-letter)
-    kombu:*        Celery's own keys (its broker queue of drain tasks), under kombu's global prefix
+    import:<job>   HASH   an import job: its input, the run that owns it, its state, and the line up to
+                          which every shard has its records (expires 30 days after its last update)
+    kombu:*        Celery's own keys (its broker queue of drain tasks), under kombu's global prefix:
+                          on the broker (``IDENTIFY_BROKER_URL``), which on a cluster is a Redis apart
 
 Per shard ``{sN}``
+    layout         STRING ``<shards>|<entry format>``: the layout this shard was written with, checked by
+                          every script that appends (a producer with another shard count is refused)
     queue          LIST   entries to send, oldest first
     seq            STRING the last sequence number given to an entry of the shard (worker/drain/waiting.py)
+    total          STRING records of the shard accepted and not yet delivered or dead-lettered (the cap)
     inflight       LIST   entries a drainer claimed and has not settled; read again first on a crash
     lease          STRING token of the drainer that owns the shard, with a TTL
     state          HASH   retry time, recovery count, `kept` mark of a clean release, dispatch time,
@@ -34,9 +34,19 @@ Per shard ``{sN}``
     parked_why     HASH   user -> why it waits: held (429), deferred (hourly budget), replayed
     waiting        ZSET   every waiting update of the shard, all at score 0, ordered by member:
                           ``<user key length>:<user key>|<seq, 15 digits>|<entry>`` (worker/drain/waiting.py)
-    dlq_seq        STRING the last number given to a dead letter of the shard (its id is ``<shard>-<n>``)
-    minutes        HASH   records delivered and enqueued per minute, a ring of the last 64 (the console's chart)
+    stats          HASH   counters for `status`: delivered, requests, dead_lettered, replayed, the last
+                          error and when, the last delivery
+    minutes        HASH   records delivered and enqueued per minute, a ring of the last 64 (rates, the
+                          console's chart)
+    dlq:entries    HASH   dead-letter id (``<shard>-<n>``) -> entry (JSON)
+    dlq:index      ZSET   dead-letter id -> failed-at time (ms), for listing in order
+    dlq:counts     HASH   reason -> number of the shard's dead-letter entries
+    dlq:seq        STRING the last number given to a dead letter of the shard
     budget:<slot>  HASH   user -> identifications sent in that ten-minute slot
+    fp:<user key>  STRING 12-byte fingerprint of the last record an import enqueued for the user
+                          (--skip-unchanged; TTL --fingerprint-ttl; the worker deletes it on dead-letter)
+    import:<job>   HASH   an import job's progress in this shard: the run that wrote it and the line and
+                          byte offset up to which the shard has the job's records (written with them)
 """
 
 from __future__ import annotations
@@ -47,62 +57,66 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class ShardKeys:
     shard: int
+    layout: str
     queue: str
+    seq: str
+    total: str
     inflight: str
     lease: str
     state: str
-    seq: str
     parked: str
     parked_why: str
     waiting: str
-    dlq_seq: str
+    stats: str
     minutes: str
+    dlq_entries: str
+    dlq_index: str
+    dlq_counts: str
+    dlq_seq: str
     _prefix: str
 
     def budget(self, slot: int) -> str:
         return f"{self._prefix}:budget:{slot}"
+
+    def fingerprint(self, user_key: str) -> str:
+        return f"{self._prefix}:fp:{user_key}"
+
+    def import_progress(self, job: str) -> str:
+        return f"{self._prefix}:import:{job}"
+
+    @property
+    def pattern(self) -> str:
+        """A glob of every key of the shard."""
+        return f"{self._prefix}:*"
 
 
 @dataclass(frozen=True)
 class Keys:
     namespace: str
     meta: str = field(init=False)
-    total: str = field(init=False)
     wakeups: str = field(init=False)
     kick: str = field(init=False)
-    stats: str = field(init=False)
     blocked: str = field(init=False)
-    dlq_entries: str = field(init=False)
-    dlq_index: str = field(init=False)
-    dlq_counts: str = field(init=False)
     ratelimit_requests: str = field(init=False)
     ratelimit_records: str = field(init=False)
     workers: str = field(init=False)
-    import_progress_prefix: str = field(init=False)
-    fingerprints_prefix: str = field(init=False)
-    #: Celery's queue for drain tasks, and the prefix kombu puts before every key it writes.
+    #: Celery's queue for drain tasks (named after the namespace, so that two namespaces may share a
+    #: RabbitMQ), and the prefix kombu puts before every key it writes.
     celery_queue: str = field(init=False)
     kombu_prefix: str = field(init=False)
 
     def __post_init__(self) -> None:
-        ns = self.namespace
+        g = f"{self.namespace}:{{{self.namespace}}}"
         for name, value in {
-            "meta": f"{ns}:meta",
-            "total": f"{ns}:total",
-            "wakeups": f"{ns}:wakeups",
-            "kick": f"{ns}:kick",
-            "stats": f"{ns}:stats",
-            "blocked": f"{ns}:blocked",
-            "dlq_entries": f"{ns}:dlq:entries",
-            "dlq_index": f"{ns}:dlq:index",
-            "dlq_counts": f"{ns}:dlq:counts",
-            "ratelimit_requests": f"{ns}:ratelimit:requests",
-            "ratelimit_records": f"{ns}:ratelimit:records",
-            "workers": f"{ns}:workers",
-            "import_progress_prefix": f"{ns}:import:",
-            "fingerprints_prefix": f"{ns}:fp:",
-            "celery_queue": "drain",
-            "kombu_prefix": f"{ns}:kombu:",
+            "meta": f"{g}:meta",
+            "wakeups": f"{g}:wakeups",
+            "kick": f"{g}:kick",
+            "blocked": f"{g}:blocked",
+            "ratelimit_requests": f"{g}:ratelimit:requests",
+            "ratelimit_records": f"{g}:ratelimit:records",
+            "workers": f"{g}:workers",
+            "celery_queue": f"{self.namespace}.drain",
+            "kombu_prefix": f"{self.namespace}:kombu:",
         }.items():
             object.__setattr__(self, name, value)
 
@@ -110,28 +124,27 @@ class Keys:
         prefix = f"{self.namespace}:{{s{shard}}}"
         return ShardKeys(
             shard=shard,
+            layout=f"{prefix}:layout",
             queue=f"{prefix}:queue",
+            seq=f"{prefix}:seq",
+            total=f"{prefix}:total",
             inflight=f"{prefix}:inflight",
             lease=f"{prefix}:lease",
             state=f"{prefix}:state",
-            seq=f"{prefix}:seq",
             parked=f"{prefix}:parked",
             parked_why=f"{prefix}:parked_why",
             waiting=f"{prefix}:waiting",
-            dlq_seq=f"{prefix}:dlq_seq",
+            stats=f"{prefix}:stats",
             minutes=f"{prefix}:minutes",
+            dlq_entries=f"{prefix}:dlq:entries",
+            dlq_index=f"{prefix}:dlq:index",
+            dlq_counts=f"{prefix}:dlq:counts",
+            dlq_seq=f"{prefix}:dlq:seq",
             _prefix=prefix,
         )
 
-    def delivered_in(self, bucket: int) -> str:
-        """Records delivered in the ten-second bucket ``bucket`` (seconds since the epoch // 10)."""
-        return f"{self.namespace}:rate:{bucket}"
-
-    def import_progress(self, job: str) -> str:
-        return f"{self.import_progress_prefix}{job}"
-
-    def fingerprint(self, user_key: str) -> str:
-        return f"{self.fingerprints_prefix}{user_key}"
+    def import_job(self, job: str) -> str:
+        return f"{self.namespace}:{{{self.namespace}}}:import:{job}"
 
     def pattern(self) -> str:
         """A glob covering every key of this namespace, Celery's included."""

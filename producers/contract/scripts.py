@@ -15,7 +15,9 @@ other Redis errors become StoreError.  No caller matches a message.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -23,7 +25,13 @@ from typing import Any
 import redis
 
 from producers.contract.connection import permission_hint, store_errors
-from producers.contract.errors import IdentifyQueueError, NotReplicated, ScriptRefusal, StoreError
+from producers.contract.errors import IdentifyQueueError, NotReplicated, ScriptRefusal, SlotMoving, StoreError
+
+#: How long a script call waits out a Redis Cluster slot that is moving between nodes.
+SLOT_MOVE_WAIT_S = 10.0
+FIRST_PAUSE_S = 0.05
+
+log = logging.getLogger("identify_queue.redis")
 
 _USES = re.compile(r"^--! uses: (\w+)\s*$", re.M)
 
@@ -68,27 +76,67 @@ class Script:
         self._replicas, self._replica_timeout_ms = replicas, replica_timeout_ms
 
     def __call__(self, keys: list[Any], args: list[Any] | None = None, *, action: str = "") -> Any:
-        action = action or self.name
+        # A cluster slot moving (seconds at most) is waited out here: the call was not run, so
+        # running it again cannot apply it twice.
+        deadline = time.monotonic() + SLOT_MOVE_WAIT_S
+        pause = FIRST_PAUSE_S
+        while True:
+            try:
+                return self._call(keys, args, action or self.name)
+            except SlotMoving as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if pause == FIRST_PAUSE_S:
+                    log.info("%s; waiting for it to settle", exc)
+                time.sleep(pause)
+                if hasattr(self._client, "nodes_manager"):
+                    self._client.nodes_manager.initialize()  # learn where the slot is now
+                pause = min(pause * 2, 0.5)
+
+    def _call(self, keys: list[Any], args: list[Any] | None, action: str) -> Any:
         try:
             with store_errors(action):
                 if not self._replicas:
                     return self._script(keys=keys, args=args or [])
-                pipe = self._client.pipeline(transaction=False)
-                self._script(keys=keys, args=args or [], client=pipe)
-                pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)  # type: ignore[no-untyped-call]
+                pipe = self._node(keys).pipeline(transaction=False)
+                self.queue(pipe, keys, args or [])
+                pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)
                 reply, confirmed = pipe.execute()
         except StoreError as exc:
-            refusal = _refusal(exc.__cause__)
-            if refusal is not None:
-                raise refusal from None
-            denied = _denied_command(str(exc.__cause__), self._source)
-            if denied:
-                raise StoreError(f"{action}: {permission_hint(f'no permissions to run the {denied!r} command')} "
-                                 f"({self.name}.lua)") from exc  # fmt: skip
+            if isinstance(exc.__cause__, redis.ResponseError):
+                raise self.error(exc.__cause__, action) from None
             raise
         if int(confirmed) < self._replicas:
             raise NotReplicated(action, int(confirmed), self._replicas, self._replica_timeout_ms)
         return reply
+
+    def _node(self, keys: list[Any]) -> Any:
+        """The client to pipeline a call with WAIT on: on a cluster, the node of the call's slot
+        (a cluster's own pipeline refuses EVALSHA, and WAIT must follow the write on its connection)."""
+        client: Any = self._client
+        if not hasattr(client, "get_node_from_key"):
+            return client
+        return client.get_redis_connection(client.get_node_from_key(keys[0]))
+
+    def queue(self, pipe: Any, keys: list[Any], args: list[Any]) -> None:
+        """Add a call of this script to a pipeline (the pipeline loads the script when it must)."""
+        self._script(keys=keys, args=args, client=pipe)
+
+    def error(self, exc: BaseException, action: str = "") -> IdentifyQueueError:
+        """The error of the tree for what Redis answered this script: its code's exception, a
+        permission to grant (naming the command), or StoreError."""
+        refusal = _refusal(exc)
+        if refusal is not None:
+            return refusal
+        denied = _denied_command(str(exc), self._source)
+        if denied:
+            hint = permission_hint(f"no permissions to run the {denied!r} command")
+            return StoreError(f"{action or self.name}: {hint} ({self.name}.lua)")
+        try:
+            with store_errors(action or self.name):
+                raise exc
+        except StoreError as translated:
+            return translated
 
 
 _SCRIPT_LINE = re.compile(r"can't run this command or subcommand.*@user_script:(\d+)")

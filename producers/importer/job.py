@@ -43,6 +43,7 @@ from producers.contract.entry import now_ms
 from producers.contract.errors import ImportJobError
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
+from producers.contract.topology import Call, run_together
 from producers.importer.source import SourceInfo
 
 JOB_TTL_MS = 30 * 86_400_000
@@ -137,16 +138,41 @@ def decide(job: str, stored: JobState | None, current: dict[str, str], *, resume
 
 
 class JobStore:
-    """Reads and takes a job's progress hash; the enqueue script writes it from then on."""
+    """A job's hash (global: its input, owning run, state, and the line every shard has) and its
+    progress in each shard (written by the enqueue script with the shard's records).
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    A chunk's records go to their shards first (each shard records the chunk's end line with them),
+    then ``advance`` records the line in the job's hash.  A run stopped between the two resumes
+    from the job's line, and each shard leaves out the lines it already has: every line is
+    enqueued once, on one Redis and on a Redis Cluster alike.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, shards: int) -> None:
         self._redis = client
         self._keys = keys
+        self._shards = shards
         self._take = Script(client, "producers", "import_take")  # producers/lua/import_take.lua
         self._withdraw = Script(client, "producers", "import_withdraw")
+        self._claim = Script(client, "producers", "import_claim")
+        self._advance = Script(client, "producers", "import_advance")
 
     def key(self, job: str) -> str:
-        return self._keys.import_progress(job)
+        return self._keys.import_job(job)
+
+    def advance(self, job: str, token: str, *, line: int, offset: int, enqueued: int, skipped: int, rejected: int,
+                finished: bool) -> None:  # fmt: skip
+        """Record that every shard has the job's records up to ``line``, with the chunk's counts."""
+        state = "finished" if finished else "running"
+        args = [token, line, offset, enqueued, skipped, rejected, state, JOB_TTL_MS]
+        self._advance([self.key(job)], args, action="record the import's progress")
+
+    def _claim_shards(self, job: str, token: str, *, fresh: bool) -> None:
+        """Take the job's progress in every shard, so that a run this one took over stops at its next chunk."""
+        calls = [Call(self._claim, [self._keys.shard(s).import_progress(job)], [token, JOB_TTL_MS, int(fresh)])
+                 for s in range(self._shards)]  # fmt: skip
+        for reply in run_together(self._redis, calls, action="take the import job's shards"):
+            if isinstance(reply, Exception):
+                raise reply
 
     def read(self, job: str) -> JobState | None:
         with store_errors("read import progress"):
@@ -178,6 +204,8 @@ class JobStore:
                 [self.key(job)], [*expected, action, token, JOB_TTL_MS, *fresh], action="take the import job"
             )
             if taken:
+                if decision.action is not Action.DONE:
+                    self._claim_shards(job, token, fresh=decision.action is Action.START)
                 return decision, (None if decision.action is Action.START else stored), token
             # Another run's chunk landed between the read and the take: decide again on what it wrote.
 

@@ -83,7 +83,7 @@ class Importer:
         self._stdin = stdin
         self._sleep = sleep
         self._clock = clock
-        self._jobs = JobStore(producer.client, producer.keys)
+        self._jobs = JobStore(producer.client, producer.keys, producer.config.shards)
         config = producer.config
         # A chunk larger than the cap could never fit, however long the import waited.
         self._chunk_size = max(1, min(self.options.chunk_size, config.max_queued))
@@ -163,12 +163,14 @@ class _Run:
 
     def go(self, items: Iterator[Item]) -> None:
         records: list[ValidRecord] = []
+        lines: list[int] = []
         fingerprints: list[bytes] | None = [] if self.options.skip_unchanged else None
         rejected = 0
         size = self.importer._chunk_size
         for item in items:
             if type(item) is Good:
                 records.append(item.record)
+                lines.append(self.source.line)  # the source stands right after the record
                 if fingerprints is not None:
                     fingerprints.append(item.fingerprint or b"")
             else:
@@ -176,19 +178,20 @@ class _Run:
                 rejected += 1
                 self.reject(item)
             if len(records) + rejected >= size:
-                self.commit(records, fingerprints, rejected, finished=False)
-                records, rejected = [], 0
+                self.commit(records, lines, fingerprints, rejected, finished=False)
+                records, lines, rejected = [], [], 0
                 fingerprints = [] if fingerprints is not None else None
-        self.commit(records, fingerprints, rejected, finished=True)
+        self.commit(records, lines, fingerprints, rejected, finished=True)
 
     def reject(self, item: Rejected) -> None:
         self.display.note(f"line {item.line}: {item.error}")
         if self.rejects is not None:
             self.rejects.write(item.line, item.error, item.text)
 
-    def commit(self, records: list[ValidRecord], fingerprints: list[bytes] | None, rejected: int,
+    def commit(self, records: list[ValidRecord], lines: list[int], fingerprints: list[bytes] | None, rejected: int,
                *, finished: bool) -> None:  # fmt: skip
-        """Enqueue the chunk and record the position after it, in one script call; wait while full."""
+        """Enqueue the chunk (each shard records the chunk's end with its records), then the job's
+        position after it; wait while the queue is full."""
         if self.rejects is not None:
             self.rejects.flush()  # before the chunk's position, so a crash cannot lose a rejection
         report, source = self.report, self.source
@@ -196,9 +199,12 @@ class _Run:
         if report.job is not None:
             progress = JobProgress(report.job, self.token, source.line, source.offset, rejected, finished, JOB_TTL_MS)
         enqueued = skipped = 0
-        if records or progress is not None:
-            result = self.enqueue_waiting(records, fingerprints, progress)
-            enqueued, skipped = result
+        if records:
+            enqueued, skipped = self.enqueue_waiting(records, lines, fingerprints, progress)
+        if report.job is not None:
+            counts = {"enqueued": enqueued, "skipped": skipped, "rejected": rejected}
+            self.importer._jobs.advance(report.job, self.token, line=source.line, offset=source.offset,
+                                        finished=finished, **counts)  # fmt: skip
         report.lines = source.line
         report.enqueued += enqueued
         report.skipped += skipped
@@ -207,20 +213,19 @@ class _Run:
         report.elapsed_s = self.importer._clock() - self.started
         self.display.update(report.snapshot(source.consumed(), self.consumed_at_start, self.info.size))
 
-    def enqueue_waiting(self, records: list[ValidRecord], fingerprints: list[bytes] | None,
+    def enqueue_waiting(self, records: list[ValidRecord], lines: list[int], fingerprints: list[bytes] | None,
                         progress: JobProgress | None) -> tuple[int, int]:  # fmt: skip
         attempt = 0
         noted = -FULL_NOTE_EVERY_S
         while True:
             try:
-                result = self.producer.enqueue_chunk(records, fingerprints=fingerprints,
-                                                     fingerprint_ttl_ms=self.ttl_ms, progress=progress)  # fmt: skip
+                result = self.producer.enqueue_chunk(records, fingerprints=fingerprints, fingerprint_ttl_ms=self.ttl_ms,
+                                                     progress=progress, lines=lines)  # fmt: skip
             except QueueFull as full:
                 now = self.importer._clock()
                 if now - noted >= FULL_NOTE_EVERY_S:
                     noted = now
-                    self.display.note(f"queue full: {full.queued:,} of {full.cap:,} records queued "
-                                      f"(IDENTIFY_MAX_QUEUED); waiting for the workers to make room "
+                    self.display.note(f"{full}; waiting for the workers to make room "
                                       f"(line {self.report.lines + 1:,} onwards)")  # fmt: skip
                 self.importer._sleep(full_wait_s(attempt))
                 attempt += 1

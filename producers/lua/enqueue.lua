@@ -1,126 +1,134 @@
--- enqueue: append validated records to their shards, atomically with the cap, fingerprints and an
--- import job's progress.  Used by IdentifyProducer (producers/producer.py) and the importer.
+-- enqueue: append validated records to their shards, atomically with each shard's cap, the users'
+-- fingerprints and an import job's progress in that shard.  Used by IdentifyProducer
+-- (producers/producer.py) and the importer.  On Redis Cluster a call holds one shard (one slot);
+-- on one Redis a call may hold several, and is then atomic across them.  The shards' drains are
+-- woken by wake.lua, called after this.
 --
--- KEYS  meta, total, wakeups, kick;
---       then per shard group: its queue, its sequence counter, its minutes;
---       then, with fingerprints, one fingerprint key per entry (in entry order);
---       then, with a job, the job's progress hash.
--- ARGV  1 shards, 2 layout, 3 cap, 4 count, 5 groups, 6 fingerprint TTL ms (0: none),
---       7 job run token ('': no job), 8 line, 9 offset, 10 rejected in this chunk, 11 job state,
---       12 job TTL ms;
---       then per group: shard id, n, the n entries' tails (producers/contract/entry.py);
---       then, with fingerprints, one value per entry: its fingerprint, or '' (never skipped).
--- Reply {written (1, or 0 when the cap refuses the chunk: nothing written), queued total, appended}.
--- Errors QUEUE_MISMATCH shards= layout= (another layout in Redis); IMPORT_TAKEN (another run owns the job).
+-- KEYS  per group (one shard): layout, queue, seq, total, minutes, then the job's progress in the
+--       shard (with a job), then one fingerprint key per record (with fingerprints).
+-- ARGV  1 layout (`<shards>|<format>`), 2 cap per shard, 3 groups, 4 fingerprint TTL ms (0: none),
+--       5 job run token ('': no job), 6 job TTL ms, 7 line and 8 byte offset the chunk ends at;
+--       then per group: its shard id, n, then n triples (the record's line, its fingerprint or '',
+--       the entry's tail, producers/contract/entry.py).
+-- Reply {1, appended, skipped as unchanged, left out as already enqueued} when written;
+--       {0, shard, queued in it} when a shard's cap refuses the call (nothing written, in any group).
+-- Errors QUEUE_MISMATCH shards= layout= (a shard was written with another layout); IMPORT_TAKEN
+--       (another run of the import job has taken the shard over).
 --
 -- Each appended entry gets its head here, `2|<seq>|<Redis ms>|`: the shard's next sequence number
--- and Redis's clock, so a shard's entries are numbered in the order Redis accepted them.
+-- and Redis's clock, so a shard's entries are numbered in the order Redis accepted them.  With a
+-- job, a record whose line the shard already has (an earlier run enqueued it before it stopped) is
+-- left out, so a resumed import enqueues each line exactly once.  With fingerprints, a record equal
+-- to what was last enqueued for its user is left out; a user can appear twice in one call, so the
+-- decision follows the call's own writes.
 
-local shards, layout = ARGV[1], ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'shards', 'layout', 'linger_ms')
-if stored[1] and (stored[1] ~= shards or stored[2] ~= layout) then
-  return iq.fail('QUEUE_MISMATCH', 'shards', stored[1], 'layout', stored[2])
-end
-local cap, count, groups = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local fp_ttl, run = tonumber(ARGV[6]), ARGV[7]
-local job = nil
-if run ~= '' then
-  job = KEYS[#KEYS]
-  if redis.call('HGET', job, 'run') ~= run then return iq.fail('IMPORT_TAKEN') end
-end
--- With fingerprints, an entry equal to what was last enqueued for its user is left out.  A user can
--- appear twice in one chunk, so the decision follows the chunk's own writes ('current').
-local keep, appended = nil, count
-local current, pending, touched = {}, {}, {}
-local fp_keys, fp_values = 4 + 3 * groups, 12 + 2 * groups + count
-if fp_ttl > 0 then
-  keep, appended = {}, 0
-  -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself
-  local before, i = {}, 1
-  while i <= count do
-    local j = math.min(i + 999, count)
-    local got = redis.call('MGET', unpack(KEYS, fp_keys + i, fp_keys + j))
-    for n = 1, #got do before[i + n - 1] = got[n] end
-    i = j + 1
-  end
-  for j = 1, count do
-    local key, value = KEYS[fp_keys + j], ARGV[fp_values + j]
-    local now = current[key]
-    if now == nil then now = before[j] or '' end
-    if value ~= '' and value == now then
-      keep[j] = false
-    else
-      keep[j] = true
-      appended = appended + 1
-      if pending[key] == nil then touched[#touched + 1] = key end
-      pending[key] = value
-    end
-    current[key] = value
-  end
-end
-local total = tonumber(redis.call('GET', KEYS[2]) or '0')
-if total + appended > cap then return {0, total, 0} end
-if not stored[1] then redis.call('HSET', KEYS[1], 'shards', shards, 'layout', layout) end
-if appended > 0 then total = redis.call('INCRBY', KEYS[2], appended) end
-local now_ms = iq.now_ms()
-local due = now_ms + tonumber(stored[3] or '0')
-local stamp = '|' .. now_ms .. '|'
+local layout, cap, groups = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local fp_ttl, run, job_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local job = run ~= ''
 
--- Number the tails values[first..last] from the shard's counter and append them, in slices.
-local function append(queue, seq_key, values, first, last)
-  local n = last - first + 1
-  if n <= 0 then return 0 end
-  local seq = redis.call('INCRBY', seq_key, n) - n
-  local i = first
-  while i <= last do
-    local j = math.min(i + 999, last)
-    local slice = {}
-    for x = i, j do
-      seq = seq + 1
-      slice[#slice + 1] = '2|' .. seq .. stamp .. values[x]
-    end
-    redis.call('RPUSH', queue, unpack(slice))
-    i = j + 1
-  end
-  return n
-end
-
-local a, e = 13, 0
+-- pass 1: check every group and decide what it appends; nothing is written unless all may go
+local plans, k, a = {}, 1, 9
 for g = 1, groups do
-  local queue, seq_key, minutes = KEYS[2 + 3 * g], KEYS[3 + 3 * g], KEYS[4 + 3 * g]
-  local shard, n = ARGV[a], tonumber(ARGV[a + 1])
-  local first, last = a + 2, a + 1 + n
-  local pushed
-  if keep then
-    local kept = {}
-    for i = first, last do
-      e = e + 1
-      if keep[e] then kept[#kept + 1] = ARGV[i] end
+  local plan = {layout = KEYS[k], queue = KEYS[k + 1], seq = KEYS[k + 2], total = KEYS[k + 3],
+                minutes = KEYS[k + 4], shard = ARGV[a], n = tonumber(ARGV[a + 1]), kept = {}, fps = {}}
+  k = k + 5
+  a = a + 2
+  local stored = redis.call('GET', plan.layout)
+  if stored and stored ~= layout then
+    local shards, format = string.match(stored, '^(%d+)|(.*)$')
+    return iq.fail('QUEUE_MISMATCH', 'shards', shards, 'layout', format)
+  end
+  local from_line = -1
+  if job then
+    plan.progress = KEYS[k]
+    k = k + 1
+    local progress = redis.call('HMGET', plan.progress, 'run', 'line')
+    if progress[1] and progress[1] ~= run then return iq.fail('IMPORT_TAKEN') end
+    from_line = tonumber(progress[2] or '-1')
+    plan.from_line = from_line
+  end
+  local current = {}
+  local before = {}
+  if fp_ttl > 0 then
+    -- one MGET per thousand keys: a redis.call per key costs more than the lookup itself, and
+    -- Lua's C stack takes a few thousand values at most
+    local fp_keys = {}
+    for i = 1, plan.n do fp_keys[i] = KEYS[k + i - 1] end
+    local i = 1
+    while i <= plan.n do
+      local j = math.min(i + 999, plan.n)
+      local got = redis.call('MGET', unpack(fp_keys, i, j))
+      for x = i, j do before[x] = got[x - i + 1] end
+      i = j + 1
     end
-    pushed = append(queue, seq_key, kept, 1, #kept)
-  else
-    pushed = append(queue, seq_key, ARGV, first, last)
+    plan.fp_keys = fp_keys
   end
-  -- LT: never postpone a drain that is already due earlier (a retry or hold keeps its own time)
-  if pushed > 0 then
-    redis.call('ZADD', KEYS[3], 'LT', due, shard)
-    iq.count_minute(minutes, 'e', pushed, now_ms)
+  for i = 1, plan.n do
+    local line, fingerprint, tail = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+    a = a + 3
+    local keep = line > from_line
+    if not keep then plan.already = (plan.already or 0) + 1 end
+    if keep and fp_ttl > 0 then
+      local key = plan.fp_keys[i]
+      local last = current[key]
+      if last == nil then last = before[i] or '' end
+      if fingerprint ~= '' and fingerprint == last then
+        keep = false
+      else
+        current[key] = fingerprint
+        plan.fps[key] = fingerprint
+      end
+    end
+    if keep then plan.kept[#plan.kept + 1] = tail end
   end
-  a = last + 1
+  if fp_ttl > 0 then k = k + plan.n end
+  local queued = tonumber(redis.call('GET', plan.total) or '0')
+  if queued + #plan.kept > cap then return {0, tonumber(plan.shard), queued} end
+  plans[g] = plan
 end
-for _, key in ipairs(touched) do
-  if pending[key] == '' then
-    redis.call('DEL', key)
-  else
-    redis.call('SET', key, pending[key], 'PX', fp_ttl)
+
+-- pass 2: write
+local now = iq.now_ms()
+local stamp = '|' .. now .. '|'
+local appended, skipped, already = 0, 0, 0
+for _, plan in ipairs(plans) do
+  local n = #plan.kept
+  if n > 0 then
+    local seq = redis.call('INCRBY', plan.seq, n) - n
+    local i = 1
+    while i <= n do
+      local j = math.min(i + 999, n)
+      local slice = {}
+      for x = i, j do
+        seq = seq + 1
+        slice[#slice + 1] = '2|' .. seq .. stamp .. plan.kept[x]
+      end
+      redis.call('RPUSH', plan.queue, unpack(slice))
+      i = j + 1
+    end
+    redis.call('INCRBY', plan.total, n)
+    iq.count_minute(plan.minutes, 'e', n, now)
   end
+  for key, fingerprint in pairs(plan.fps) do
+    if fingerprint == '' then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, fingerprint, 'PX', fp_ttl)
+    end
+  end
+  redis.call('SET', plan.layout, layout)
+  if plan.progress then
+    -- the line never moves back: a resumed run's chunk may end before what the shard already has
+    if tonumber(ARGV[7]) > plan.from_line then
+      redis.call('HSET', plan.progress, 'run', run, 'line', ARGV[7], 'offset', ARGV[8])
+    else
+      redis.call('HSET', plan.progress, 'run', run)
+    end
+    redis.call('HINCRBY', plan.progress, 'enqueued', n)
+    redis.call('PEXPIRE', plan.progress, job_ttl)
+  end
+  appended = appended + n
+  already = already + (plan.already or 0)
+  skipped = skipped + plan.n - n - (plan.already or 0)
 end
-if appended > 0 then iq.kick(KEYS[4]) end
-if job then
-  redis.call('HSET', job, 'line', ARGV[8], 'offset', ARGV[9], 'state', ARGV[11], 'updated_ms', now_ms)
-  redis.call('HINCRBY', job, 'enqueued', appended)
-  redis.call('HINCRBY', job, 'skipped', count - appended)
-  redis.call('HINCRBY', job, 'rejected', tonumber(ARGV[10]))
-  redis.call('PEXPIRE', job, ARGV[12])
-end
-return {1, total, appended}
+return {1, appended, skipped, already}

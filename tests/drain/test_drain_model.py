@@ -51,6 +51,7 @@ from producers.contract.entry import decode
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
+from tests.support import counts_of, total_of
 from worker.deadletter import DeadLetterQueue, Selection
 from worker.devtools.local_redis import LocalRedis
 from worker.drain import waiting
@@ -154,7 +155,7 @@ class Snapshot:
                 user_len, rest = member.split(b":", 1)
                 user = rest[: int(user_len)].decode()
                 self._add(self.waiting, waiting.entry_of(member, user))
-        for doc in client.hvals(keys.dlq_entries):
+        for doc in (d for s in range(SHARDS) for d in client.hvals(keys.shard(s).dlq_entries)):
             d = orjson.loads(doc)
             self.dead.append((d["record"]["user_id"], d["record"]["user_properties"]["$set"]["n"], d["reason"]))
 
@@ -365,7 +366,7 @@ class DrainMachine(RuleBasedStateMachine):
     def leases_expire(self) -> None:
         self.client.delete(*[self.keys.shard(s).lease for s in range(SHARDS)])
 
-    @precondition(lambda self: self.client.hlen(self.keys.dlq_entries) > 0)
+    @precondition(lambda self: any(self.client.hlen(self.keys.shard(s).dlq_entries) for s in range(SHARDS)))
     @rule(reason=st.sampled_from([None, "invalid", "expired", "too_large", "poison"]))
     def replay(self, reason: str | None) -> None:
         DeadLetterQueue(self.config, client=self.client).replay(Selection(reason=reason))
@@ -400,10 +401,10 @@ class DrainMachine(RuleBasedStateMachine):
                 if count == 0:
                     assert (user, n) in self.model.confirmed, f"{user} update {n} was lost"
         queued = sum(len(ns) for where in (snap.queued, snap.inflight, snap.waiting) for ns in where.values())
-        assert int(self.client.get(self.keys.total) or 0) == queued, "the total counter drifted"
-        counts = {k.decode(): int(v) for k, v in self.client.hgetall(self.keys.dlq_counts).items()}
+        assert total_of(self.client, self.keys, SHARDS) == queued, "the total counter drifted"
+        counts = counts_of(self.client, self.keys, SHARDS, "dlq_counts")
         assert counts == dict(Counter(reason for _, _, reason in snap.dead)), "dead-letter counts drifted"
-        assert self.client.zcard(self.keys.dlq_index) == len(snap.dead)
+        assert sum(self.client.zcard(self.keys.shard(s).dlq_index) for s in range(SHARDS)) == len(snap.dead)
 
     @invariant()
     def waiting_updates_are_older_than_queued_ones(self) -> None:

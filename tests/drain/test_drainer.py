@@ -95,7 +95,7 @@ def settled(client: redis.Redis, keys: Keys) -> None:
     """Nothing is left queued, in flight or waiting, and the lease was given back."""
     k = keys.shard(SHARD)
     assert client.exists(k.queue, k.inflight, k.waiting, k.parked, k.lease) == 0
-    assert int(client.get(keys.total) or 0) == 0
+    assert int(client.get(keys.shard(SHARD).total) or 0) == 0
 
 
 # -- 2xx ------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_an_accepted_claim_is_delivered_and_settled(
     assert [len(r) for r in sink.requests] == [4, 4, 1]
     assert sink.delivered() == records
     settled(redis_client, keys)
-    stats = text_hash(redis_client, keys.stats)
+    stats = text_hash(redis_client, keys.shard(SHARD).stats)
     assert (stats["delivered"], stats["requests"]) == ("9", "3")
 
 
@@ -130,7 +130,7 @@ def test_a_named_invalid_record_is_dead_lettered_and_the_rest_delivered_with_one
         "invalid", records[2], 400, "invalid field user_id"
     )  # fmt: skip
     settled(redis_client, keys)
-    stats = text_hash(redis_client, keys.stats)
+    stats = text_hash(redis_client, keys.shard(SHARD).stats)
     assert (stats["delivered"], stats["dead_lettered"], stats["requests"]) == ("4", "1", "2")
 
 
@@ -213,7 +213,7 @@ def test_a_throttled_user_is_held_in_redis_while_the_others_are_delivered(
     [(user, until)] = scored(redis_client, k.parked)
     assert user == f"u:{a}" and before + HOUR_MS <= until <= after + HOUR_MS
     assert text_hash(redis_client, k.parked_why) == {f"u:{a}": "held"}
-    assert redis_client.get(keys.total) == b"2"
+    assert redis_client.get(keys.shard(SHARD).total) == b"2"
     assert redis_client.exists(k.inflight, k.queue, k.lease) == 0
     # the shard is woken when a may go
     assert scored(redis_client, keys.wakeups) == [(str(SHARD), until)]
@@ -255,8 +255,8 @@ def test_a_failed_request_keeps_the_batch_in_flight_until_its_retry_time(
     assert before + HOUR_MS // 2 <= retry_at <= after + HOUR_MS
     assert state["kept"] == "1" and "recoveries" not in state  # a clean release: no crash counted
     assert scored(redis_client, keys.wakeups) == [(str(SHARD), retry_at)]
-    assert redis_client.get(keys.total) == b"4"
-    stats = text_hash(redis_client, keys.stats)
+    assert redis_client.get(keys.shard(SHARD).total) == b"4"
+    stats = text_hash(redis_client, keys.shard(SHARD).stats)
     assert stats["requests"] == "1" and "delivered" not in stats
     # a drain before the retry time sends nothing
     drainer(redis_client, queue_config, sink).drain(SHARD)
@@ -288,7 +288,7 @@ def test_a_configuration_error_blocks_sending_and_keeps_every_record_until_a_pro
     assert before + HOUR_MS // 2 <= next_probe <= after + HOUR_MS
     assert inflight(redis_client, keys) == updates(records)
     assert dead_letters(queue_config) == []
-    assert redis_client.get(keys.total) == b"3"
+    assert redis_client.get(keys.shard(SHARD).total) == b"3"
     # the shard is looked at again at the next probe; it is no retry of its own
     assert "retry_at" not in text_hash(redis_client, k.state)
     [(_, due)] = scored(redis_client, keys.wakeups)
@@ -324,7 +324,7 @@ def test_updates_past_a_user_s_budget_wait_in_order_and_the_others_go(
     [(user, until)] = scored(redis_client, k.parked)
     assert user == f"u:{a}" and before + HOUR_MS <= until <= after + HOUR_MS + HOUR_MS // 6
     assert text_hash(redis_client, k.parked_why) == {f"u:{a}": "deferred"}
-    assert redis_client.get(keys.total) == b"3"
+    assert redis_client.get(keys.shard(SHARD).total) == b"3"
     # what was sent is counted in the current budget slot
     slot_ms = HOUR_MS // 6
     assert text_hash(redis_client, k.budget(before // slot_ms)) == {f"u:{a}": "2", f"u:{b}": "2"}
@@ -345,7 +345,7 @@ def test_a_run_of_a_user_s_updates_is_sent_as_one_identification(
     merged = {"user_id": a, "user_properties": {"$set": {"n": 3, "r0": 1, "r1": 1, "r2": 1, "r3": 1}}}
     assert sink.requests == [[merged, record(b, 0)]]
     settled(redis_client, keys)
-    stats = text_hash(redis_client, keys.stats)
+    stats = text_hash(redis_client, keys.shard(SHARD).stats)
     assert (stats["delivered"], stats["requests"]) == ("5", "1")
     # the budget counts what Amplitude counts: one identification for a
     slot = keys.shard(SHARD).budget(before // (HOUR_MS // 6))

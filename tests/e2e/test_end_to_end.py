@@ -20,6 +20,7 @@ from tests.support import (
     check_delivery,
     redis_holds,
     seq_records,
+    total_of,
     wait_until,
     worker_env,
 )
@@ -32,7 +33,7 @@ def all_done(config: QueueConfig, amplitude: LocalAmplitudeProcess, expected: in
     """True once nothing accepted is left undelivered; then the endpoint must hold everything."""
     client = redis.Redis.from_url(config.redis_url)
     try:
-        done = int(client.get(Keys(config.namespace).total) or 0) == 0
+        done = total_of(client, Keys(config.namespace), config.shards) == 0
     finally:
         client.close()
     if done:

@@ -17,7 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from producers.contract.entry import decode
+from producers.contract.entry import decode, shard_of
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.importer.job import JobStore
@@ -203,12 +203,16 @@ def test_skip_unchanged_sends_only_what_changed(run: Run, tmp_path: Path, queued
 
     # the memory it costs: one small string per user
     keys = Keys(queue_config.namespace)
-    sizes = [redis_client.memory_usage(keys.fingerprint(f"u:user-{u:05d}")) or 0 for u in range(2000)]
+
+    def fingerprint(user_key: str) -> str:
+        return keys.shard(shard_of(user_key, queue_config.shards)).fingerprint(user_key)
+
+    sizes = [redis_client.memory_usage(fingerprint(f"u:user-{u:05d}")) or 0 for u in range(2000)]
     per_user = sum(sizes) / len(sizes)
-    print(f"fingerprint: {per_user:.0f} bytes per user (MEMORY USAGE, a {len(keys.fingerprint('u:user-00000'))}"
+    print(f"fingerprint: {per_user:.0f} bytes per user (MEMORY USAGE, a {len(fingerprint('u:user-00000'))}"
           "-character key)")  # fmt: skip
     assert per_user < 120
-    assert 0 < redis_client.pttl(keys.fingerprint("u:user-00000")) <= 8 * 86_400_000
+    assert 0 < redis_client.pttl(fingerprint("u:user-00000")) <= 8 * 86_400_000
 
 
 def test_skip_unchanged_never_skips_a_repeated_add_nor_what_follows_it(run: Run, tmp_path: Path,

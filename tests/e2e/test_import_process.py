@@ -18,7 +18,7 @@ import redis
 from producers.contract.entry import decode
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
-from tests.support import StartWorker, check_delivery, wait_until
+from tests.support import StartWorker, check_delivery, total_of, wait_until
 from worker.devtools.local_stack import COMMAND, LocalAmplitudeProcess
 
 
@@ -109,7 +109,7 @@ def test_a_million_lines_import_in_bounded_memory(tmp_path: Path, queue_config: 
           f"~{uncompressed / 2**20:.0f} MB of JSON): {peak_mb:.1f} MB; {out.strip()}")  # fmt: skip
     assert code == 0, (tmp_path / "import.log").read_text()
     assert out.startswith(f"{lines} enqueued, 0 rejected, {lines} lines read")
-    assert int(redis_client.get(keys.total) or 0) == lines
+    assert total_of(redis_client, keys, queue_config.shards) == lines
     # The interpreter with redis, orjson and click loaded takes about 30 MB; the file alone is ~110 MB.
     assert 0 < peak_mb < 90, f"peak RSS {peak_mb:.1f} MB: is the file held in memory?"
 
@@ -132,11 +132,11 @@ def test_killed_at_any_moment_then_resumed_enqueues_every_line_exactly_once(
         with open(path, "rb") as stdin:
             return start_import(queue_config, *args, *extra, stdin=stdin, log=log)
 
-    job = keys.import_progress("piped") if kind == "stdin" else None
+    job = keys.import_job("piped") if kind == "stdin" else None
     first = start("--chunk-size", "500")
 
     def progress_key() -> str | None:
-        found = list(redis_client.scan_iter(match=keys.import_progress("*")))
+        found = list(redis_client.scan_iter(match=keys.import_job("*")))
         return found[0].decode() if found else None
 
     job = job or wait_until(progress_key, 60, "the job's progress key")
@@ -179,7 +179,7 @@ def test_a_full_queue_makes_the_import_wait_until_workers_drain_it(
                            IDENTIFY_MAX_QUEUED="2000")  # fmt: skip
     # When the queue fills, the import waits (says so, and stays alive) instead of failing
     wait_until(lambda: "queue full" in log.read_text(), 60, "the import to report a full queue")
-    assert int(redis_client.get(keys.total) or 0) == 2000
+    assert total_of(redis_client, keys, queue_config.shards) == 2000
     assert process.poll() is None, log.read_text()
     # Then once a worker drains the queue, the import completes and every update arrives, in order
     start_worker()

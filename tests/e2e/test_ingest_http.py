@@ -25,7 +25,7 @@ from producers.contract.entry import decode
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
-from tests.support import check_delivery, seq_records, wait_until, worker_env
+from tests.support import check_delivery, seq_records, total_of, wait_until, worker_env
 from worker.cli.main import main
 from worker.devtools.local_ingest import IngestProcess
 from worker.devtools.local_redis import LocalRedis
@@ -82,7 +82,7 @@ def queued(client: redis.Redis, config: QueueConfig) -> list[dict[str, Any]]:
 
 
 def queued_total(client: redis.Redis, config: QueueConfig) -> int:
-    return int(client.get(Keys(config.namespace).total) or 0)
+    return total_of(client, Keys(config.namespace), config.shards)
 
 
 def update(seq: int, user: str = "user-00001") -> dict[str, Any]:

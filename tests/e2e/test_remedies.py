@@ -182,7 +182,7 @@ def test_an_undecodable_entry_is_dead_lettered_and_its_shard_goes_on(
     producer.identify_many(seq_records(40, 3))
     shard = shard_of("u:user-00000", queue_config.shards)
     redis_client.lpush(Keys(queue_config.namespace).shard(shard).queue, b"\x00not an entry\xff")
-    redis_client.incr(Keys(queue_config.namespace).total)
+    redis_client.incr(Keys(queue_config.namespace).shard(shard).total)
     start_worker()
     wait_until(lambda: drained(queue_config), 30, "the queue to drain")
     [dead] = dead_letters(queue_config)
@@ -235,7 +235,12 @@ def test_replay_interrupted_by_kill_9_neither_loses_nor_doubles_a_record(
     env = {**os.environ, **worker_env(queue_config, amplitude.identify_url)}
     replay = subprocess.Popen([*COMMAND, "dlq", "replay", "--all", "--chunk-size", "1"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_until(lambda: 0 < redis_client.hlen(Keys(queue_config.namespace).dlq_entries) < total, 30, "a partial replay")
+    keys = Keys(queue_config.namespace)
+
+    def dead() -> int:
+        return sum(redis_client.hlen(keys.shard(s).dlq_entries) for s in range(queue_config.shards))
+
+    wait_until(lambda: 0 < dead() < total, 30, "a partial replay")
     replay.send_signal(signal.SIGKILL)
     replay.wait(10)
     # Then each record is either still dead-lettered or queued again: never both, never neither

@@ -1,5 +1,8 @@
 """The claim script (worker/lua/claim.lua) against a real redis-server: what the next request of a
-shard carries, what it leaves in Redis, and when it claims nothing but says how long to wait."""
+shard carries, what it leaves in Redis, and when it claims nothing but says how long to wait.
+
+What a drain reads from the global keys before it claims (blocked, the probe, a learned request
+size) is drain_begin.lua's: tests/scripts/test_drain_begin.py."""
 
 from __future__ import annotations
 
@@ -14,13 +17,12 @@ from worker.drain.lease import Leases
 from worker.errors import LeaseLost
 
 SHARD = 2
-PROBE_HOLD_MS = 60_000
 BIG = 1_000_000
 
 
 @pytest.fixture
 def claims(redis_client: redis.Redis, keys: Keys) -> Claims:
-    return Claims(redis_client, keys, PROBE_HOLD_MS)
+    return Claims(redis_client, keys)
 
 
 @pytest.fixture
@@ -42,15 +44,15 @@ def test_an_empty_shard_claims_nothing_and_touches_nothing(
     k = keys.shard(SHARD)
     before_state = snapshot(redis_client, namespace)
     before = redis_ms(redis_client)
-    # the reply is the header of eight and no entry
+    # the reply is the header of four (now, recoveries, retry wait, waiting users) and no entry
     reply = Script(redis_client, "worker", "claim")(
-        [k.lease, k.queue, k.inflight, k.state, k.parked, k.parked_why, k.waiting, keys.blocked, keys.meta],
-        [token, 10, BIG, PROBE_HOLD_MS, RELEASED_USERS_PER_CLAIM],
+        [k.lease, k.queue, k.inflight, k.state, k.parked, k.parked_why, k.waiting],
+        [token, 10, BIG, RELEASED_USERS_PER_CLAIM],
     )  # fmt: skip
     after = redis_ms(redis_client)
-    assert len(reply) == len(HEADER) == 8
+    assert len(reply) == len(HEADER) == 4
     assert before <= reply[0] <= after
-    assert reply[1:] == [0, 0, 0, 0, 0, 0, 0]
+    assert reply[1:] == [0, 0, 0]
     assert snapshot(redis_client, namespace) == before_state  # not even the claimer is written
 
 
@@ -138,7 +140,6 @@ def test_a_shard_waiting_to_retry_claims_nothing_until_its_time(
     redis_client.hset(k.state, "retry_at", now + 5000)
     claim = claims.claim(SHARD, token, 10, BIG)
     assert claim.entries == []
-    assert (claim.wait_is_retry, claim.probe) == (True, False)
     assert 5000 - (claim.now_ms - now) == claim.wait_ms
     assert 4000 < claim.wait_ms <= 5000
     assert listed(redis_client, k.queue) == raws
@@ -148,28 +149,19 @@ def test_a_shard_waiting_to_retry_claims_nothing_until_its_time(
     assert claims.claim(SHARD, token, 10, BIG).entries == raws
 
 
-def test_while_sending_is_blocked_only_the_probe_claims(
+def test_a_claim_reads_no_global_key_so_a_block_does_not_stop_it(
     claims: Claims, redis_client: redis.Redis, keys: Keys, token: str
 ) -> None:
-    k = keys.shard(SHARD)
+    # Sending blocked and a 413's size learned: the claim neither waits nor reads them (drain_begin
+    # does, once per drain, before the first claim), and writes none of the global keys
     raws = fill(redis_client, keys, "u:user-1", range(1, 3))
     now = redis_ms(redis_client)
     redis_client.hset(keys.blocked, mapping={"reason": "HTTP 400 Invalid API key", "next_probe_ms": now + 8000})
-    # Before the next probe is due: nothing, and the wait is not the shard's own retry
+    redis_client.hset(keys.meta, mapping={"max_request_bytes": 10, "max_request_bytes_ms": now})
+    blocked, meta = text_hash(redis_client, keys.blocked), text_hash(redis_client, keys.meta)
     claim = claims.claim(SHARD, token, 10, BIG)
-    assert (claim.entries, claim.wait_is_retry, claim.probe) == ([], False, False)
-    assert 7000 < claim.wait_ms <= 8000
-    assert listed(redis_client, k.queue) == raws
-    # When it is due: this claim is the probe, and it holds the next probe back
-    redis_client.hset(keys.blocked, "next_probe_ms", now - 1)
-    claim = claims.claim(SHARD, token, 1, BIG)
-    assert (claim.entries, claim.probe) == (raws[:1], True)
-    assert int(text_hash(redis_client, keys.blocked)["next_probe_ms"]) == claim.now_ms + PROBE_HOLD_MS
-    # so that another claim meanwhile waits
-    other = Leases(redis_client, keys, 60).acquire(SHARD + 1)
-    assert other is not None
-    redis_client.rpush(keys.shard(SHARD + 1).queue, queue_entry("u:user-9", 1))
-    assert claims.claim(SHARD + 1, other, 10, BIG).wait_ms > PROBE_HOLD_MS - 1000
+    assert (claim.entries, claim.wait_ms) == (raws, 0)
+    assert (text_hash(redis_client, keys.blocked), text_hash(redis_client, keys.meta)) == (blocked, meta)
 
 
 def test_a_due_waiting_user_gives_its_oldest_updates_first(
@@ -258,15 +250,3 @@ def test_without_a_queue_a_claim_may_be_all_releases(
     now = redis_ms(redis_client)
     held = make_wait(redis_client, k, "u:user-a", range(1, 7), now - 1)
     assert claims.claim(SHARD, token, 4, BIG).entries == held[:4]
-
-
-def test_the_header_reports_a_request_size_learned_from_a_413(
-    claims: Claims, redis_client: redis.Redis, keys: Keys, token: str
-) -> None:
-    fill(redis_client, keys, "u:user-1", range(1, 2))
-    now = redis_ms(redis_client)
-    redis_client.hset(keys.meta, mapping={"max_request_bytes": 5000, "max_request_bytes_ms": now - 1000})
-    claim = claims.claim(SHARD, token, 10, BIG)
-    assert claim.learned_request_bytes == 5000
-    assert claim.learned_age_ms == claim.now_ms - (now - 1000)
-    assert 1000 <= claim.learned_age_ms < 2000

@@ -1,5 +1,9 @@
 """The enqueue script (producers/lua/enqueue.lua) against a real redis-server: what it appends, how it
-numbers and stamps entries, and what it refuses without writing anything."""
+numbers and stamps entries, what each shard records with its records (total, layout, fingerprints,
+an import job's progress), and what it refuses without writing anything, in any of its shards.
+
+Waking the shards' drains is wake.lua's (tests/scripts/test_wake.py); the producer sends it in the
+same round trip, so the producer-level tests here check the wake-ups too."""
 
 from __future__ import annotations
 
@@ -23,11 +27,19 @@ def valid(producer: IdentifyProducer, user: str, n: int = 0) -> ValidRecord:
     return producer.validate({"user_id": user, "user_properties": {"$set": {"n": n}}})
 
 
-def one_record_call(keys: Keys, shards: int, layout: str, cap: int = 1000) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of an enqueue of one record into shard 0, with no fingerprints and no job."""
-    k = keys.shard(0)
-    args: list[Any] = [shards, layout, cap, 1, 1, 0, "", 0, 0, 0, "", 0, 0, 1, entry.tail("u:user-1", b"{}")]
-    return [keys.meta, keys.total, keys.wakeups, keys.kick, k.queue, k.seq], args
+def but_wake_ups(client: redis.Redis, keys: Keys) -> dict[bytes, Any]:
+    """Every key of the test's namespace but the wake-ups and the kick: on one Redis the producer
+    sends wake.lua in the enqueue's round trip, refused or not (a wake-up for nothing does no harm)."""
+    wake = {keys.wakeups.encode(), keys.kick.encode()}
+    return {k: v for k, v in snapshot(client, keys.namespace).items() if k not in wake}
+
+
+def one_record_call(keys: Keys, shards: int, cap: int = 1000, shard: int = 0) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of an enqueue of one record into ``shard``, with no fingerprints and no job."""
+    k = keys.shard(shard)
+    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0,
+                       shard, 1, 0, "", entry.tail("u:user-1", b"{}")]  # fmt: skip
+    return [k.layout, k.queue, k.seq, k.total, k.minutes], args
 
 
 @pytest.mark.shards(2)
@@ -38,12 +50,12 @@ def test_entries_are_numbered_per_shard_and_stamped_with_redis_time(
     a, c = users_in_shard(0, 2, 2)
     [b] = users_in_shard(1, 2, 1)
     records = [valid(producer, a, 0), valid(producer, b, 0), valid(producer, a, 1), valid(producer, c, 0)]
-    # When one chunk is enqueued
+    # When one chunk is enqueued (one script call holding both shards, on one Redis)
     before = redis_ms(redis_client)
     result = producer.enqueue_chunk(records)
     after = redis_ms(redis_client)
     # Then each shard numbers its entries from 1, in the chunk's order, all with one Redis time stamp
-    assert result == ChunkResult(enqueued=4, skipped=0, queued=4)
+    assert result == ChunkResult(enqueued=4, skipped=0, already=0)
     shard0, shard1 = listed(redis_client, keys.shard(0).queue), listed(redis_client, keys.shard(1).queue)
     stamp = entry.decode(shard0[0]).enqueued_ms
     assert before <= stamp <= after
@@ -54,10 +66,13 @@ def test_entries_are_numbered_per_shard_and_stamped_with_redis_time(
     ]
     assert shard1 == [entry.encode(f"u:{b}", records[1].data, 1, stamp)]
     assert (redis_client.get(keys.shard(0).seq), redis_client.get(keys.shard(1).seq)) == (b"3", b"1")
-    assert redis_client.get(keys.total) == b"4"
-    assert text_hash(redis_client, keys.meta) == {"shards": "2", "layout": LAYOUT_VERSION}
+    # each shard counts its own total and records the layout it was written with; meta is the workers'
+    assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"3", b"1")
+    assert {redis_client.get(keys.shard(s).layout) for s in (0, 1)} == {f"2|{LAYOUT_VERSION}".encode()}
+    assert redis_client.exists(keys.meta) == 0
     # each shard is due at once (no linger recorded), and one kick wakes the dispatcher
-    assert scored(redis_client, keys.wakeups) == [("0", stamp), ("1", stamp)]
+    woken = scored(redis_client, keys.wakeups)
+    assert [s for s, _ in woken] == ["0", "1"] and all(stamp <= t <= redis_ms(redis_client) for _, t in woken)
     assert listed(redis_client, keys.kick) == [b"1"]
 
     # When a second chunk comes: the numbering goes on, and the kick list still holds one element
@@ -65,7 +80,24 @@ def test_entries_are_numbered_per_shard_and_stamped_with_redis_time(
     assert [entry.decode(r).seq for r in listed(redis_client, keys.shard(0).queue)] == [1, 2, 3, 4]
     assert redis_client.get(keys.shard(0).seq) == b"4"
     assert listed(redis_client, keys.kick) == [b"1"]
-    assert redis_client.get(keys.total) == b"5"
+    assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"4", b"1")
+
+
+def test_the_script_touches_only_its_shards_keys_and_wakes_nothing(
+    redis_client: redis.Redis, keys: Keys, namespace: str
+) -> None:
+    script_keys, args = one_record_call(keys, 8, shard=3)
+    before = redis_ms(redis_client)
+    assert Script(redis_client, "producers", "enqueue")(script_keys, args) == [1, 1, 0, 0]
+    after = redis_ms(redis_client)
+    k = keys.shard(3)
+    [raw] = listed(redis_client, k.queue)
+    assert entry.decode(raw).seq == 1 and before <= entry.decode(raw).enqueued_ms <= after
+    minute = entry.decode(raw).enqueued_ms // 60_000
+    assert text_hash(redis_client, k.minutes) == {f"m{minute % 64}": str(minute), f"d{minute % 64}": "0",
+                                                  f"e{minute % 64}": "1"}  # fmt: skip
+    written = {key for key in snapshot(redis_client, namespace)}
+    assert written == {key.encode() for key in (k.layout, k.queue, k.seq, k.total, k.minutes)}
 
 
 @pytest.mark.shards(1)
@@ -75,79 +107,94 @@ def test_the_wake_up_is_due_after_the_linger_and_never_postponed(
     # Given workers that linger 500 ms (recorded in meta)
     redis_client.hset(keys.meta, mapping={"shards": 1, "layout": LAYOUT_VERSION, "linger_ms": 500})
     producer.enqueue_chunk([valid(producer, "user-1")])
+    after = redis_ms(redis_client)
     stamp = entry.decode(listed(redis_client, keys.shard(0).queue)[0]).enqueued_ms
     # Then the shard is due 500 ms after the enqueue
-    assert scored(redis_client, keys.wakeups) == [("0", stamp + 500)]
+    [(shard, due)] = scored(redis_client, keys.wakeups)
+    assert shard == "0" and stamp + 500 <= due <= after + 500
     # and a later enqueue never pushes an earlier wake-up back (a retry keeps its own time: LT)
     redis_client.zadd(keys.wakeups, {"0": 7})
     producer.enqueue_chunk([valid(producer, "user-1", 1)])
     assert scored(redis_client, keys.wakeups) == [("0", 7)]
 
 
-def test_the_cap_refuses_a_chunk_whole_and_writes_nothing(
+@pytest.mark.shards(2)
+def test_a_shard_s_cap_refuses_the_call_whole_and_writes_nothing(
     queue_config: QueueConfig, redis_client: redis.Redis, keys: Keys, namespace: str
 ) -> None:
-    producer = IdentifyProducer(replace(queue_config, max_queued=3), client=redis_client)
-    redis_client.hset(keys.import_progress("nightly"), mapping={"run": "r1", "line": 0, "state": "running"})
-    producer.enqueue_chunk([valid(producer, "user-1"), valid(producer, "user-2")])
-    before = snapshot(redis_client, namespace)
-    # When a chunk of two would pass the cap of three, with fingerprints and a job's progress
+    # Given a cap of 6, that is 3 per shard, and shard 1 holding 2
+    producer = IdentifyProducer(replace(queue_config, max_queued=6), client=redis_client)
+    a = users_in_shard(1, 2, 4)
+    [b] = users_in_shard(0, 2, 1)
+    producer.enqueue_chunk([valid(producer, a[0]), valid(producer, a[1])])
+    for s in (0, 1):
+        redis_client.hset(keys.shard(s).import_progress("nightly"), "run", "r1")
+    before = but_wake_ups(redis_client, keys)
+    # When a chunk would bring shard 1 to 4, with fingerprints and a job's progress, shard 0's part first
     with pytest.raises(QueueFull) as refused:
         producer.enqueue_chunk(
-            [valid(producer, "user-3"), valid(producer, "user-4")], fingerprints=[b"f3", b"f4"],
-            fingerprint_ttl_ms=60_000, progress=JobProgress("nightly", "r1", line=2, offset=40),
+            [valid(producer, b), valid(producer, a[2]), valid(producer, a[3])], fingerprints=[b"fb", b"f2", b"f3"],
+            fingerprint_ttl_ms=60_000, progress=JobProgress("nightly", "r1", line=3, offset=40), lines=[1, 2, 3],
         )  # fmt: skip
-    # Then it is refused as a whole, and Redis is exactly as it was
-    assert (refused.value.queued, refused.value.cap) == (2, 3)
-    assert snapshot(redis_client, namespace) == before
-    # The script's own reply says so: {0, queued total, 0}
-    script_keys, args = one_record_call(keys, queue_config.shards, LAYOUT_VERSION, cap=2)
-    assert Script(redis_client, "producers", "enqueue")(script_keys, args) == [0, 2, 0]
-    assert snapshot(redis_client, namespace) == before
-    # A chunk that fits exactly is accepted
-    assert producer.enqueue_chunk([valid(producer, "user-3")]) == ChunkResult(1, 0, 3)
+    # Then it is refused as a whole, shard 0's part too, and Redis is exactly as it was
+    assert (refused.value.queued, refused.value.cap, refused.value.shard, refused.value.enqueued) == (2, 3, 1, 0)
+    assert but_wake_ups(redis_client, keys) == before
+    # The script's own reply says so: {0, the shard, queued in it}, and it writes nothing at all
+    script_keys, args = one_record_call(keys, 2, cap=2, shard=1)
+    before_all = snapshot(redis_client, namespace)
+    assert Script(redis_client, "producers", "enqueue")(script_keys, args) == [0, 1, 2]
+    assert snapshot(redis_client, namespace) == before_all
+    # A chunk that fills shard 1 exactly is accepted
+    assert producer.enqueue_chunk([valid(producer, b), valid(producer, a[2])]) == ChunkResult(2, 0, 0)
+    assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"1", b"3")
 
 
 @pytest.mark.parametrize(
     ("stored", "fields"),
     [
-        ({"shards": "16", "layout": LAYOUT_VERSION}, {"shards": "16", "layout": LAYOUT_VERSION}),
-        ({"shards": "8", "layout": "1"}, {"shards": "8", "layout": "1"}),
+        (f"16|{LAYOUT_VERSION}", {"shards": "16", "layout": LAYOUT_VERSION}),
+        ("8|1", {"shards": "8", "layout": "1"}),
     ],
 )
-def test_a_queue_laid_out_otherwise_is_refused_with_what_it_holds(
+def test_a_shard_laid_out_otherwise_is_refused_with_what_it_holds(
     redis_client: redis.Redis, keys: Keys, namespace: str, producer: IdentifyProducer,
-    stored: dict[str, str], fields: dict[str, str],
+    stored: str, fields: dict[str, str],
 ) -> None:  # fmt: skip
-    # Given a queue created with another shard count or entry format
-    redis_client.hset(keys.meta, mapping=stored)
+    # Given a shard written with another shard count or entry format
+    redis_client.set(keys.shard(0).layout, stored)
     before = snapshot(redis_client, namespace)
-    # Then the script refuses with QUEUE_MISMATCH and the layout Redis holds, writing nothing
-    script_keys, args = one_record_call(keys, 8, LAYOUT_VERSION)
+    # Then the script refuses with QUEUE_MISMATCH and the layout the shard holds, writing nothing
+    script_keys, args = one_record_call(keys, 8)
     with pytest.raises(QueueMismatch) as refused:
         Script(redis_client, "producers", "enqueue")(script_keys, args)
     assert refused.value.fields == fields
     assert snapshot(redis_client, namespace) == before
-    # and the producer's error names both sides
+    # and the producer's error names both sides, even with another shard's records in the call
+    [user] = users_in_shard(0, 8, 1)
+    [other] = users_in_shard(5, 8, 1)
     with pytest.raises(QueueMismatch) as raised:
-        producer.identify(user_id="user-1")
+        producer.enqueue_valid([valid(producer, other), valid(producer, user)])
     assert raised.value.fields == fields
     if fields["shards"] != "8":
         assert "IDENTIFY_SHARDS is 8" in str(raised.value) and "16 shards" in str(raised.value)
     else:
         assert "entry format 1" in str(raised.value)
-    assert snapshot(redis_client, namespace) == before
+    assert but_wake_ups(redis_client, keys) == before
+    # the layout it was written with is no refusal
+    redis_client.set(keys.shard(0).layout, f"8|{LAYOUT_VERSION}")
+    assert Script(redis_client, "producers", "enqueue")(script_keys, args) == [1, 1, 0, 0]
 
 
 @pytest.mark.shards(1)
 def test_fingerprints_skip_unchanged_records_and_follow_the_chunk_s_own_writes(
     producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    fp_a, fp_b, fp_c = (keys.fingerprint(u) for u in ("u:user-a", "u:user-b", "u:user-c"))
+    k = keys.shard(0)
+    fp_a, fp_b, fp_c = (k.fingerprint(u) for u in ("u:user-a", "u:user-b", "u:user-c"))
     # Given a first chunk: every record is new; '' means "never skip" and stores nothing
     first = [valid(producer, "user-a", 0), valid(producer, "user-b", 0), valid(producer, "user-c", 0)]
     assert producer.enqueue_chunk(first, fingerprints=[b"A0", b"B0", b""], fingerprint_ttl_ms=60_000) == ChunkResult(
-        3, 0, 3
+        3, 0, 0
     )
     assert (redis_client.get(fp_a), redis_client.get(fp_b), redis_client.exists(fp_c)) == (b"A0", b"B0", 0)
     assert 59_000 < pttl(redis_client, fp_a) <= 60_000
@@ -157,13 +204,13 @@ def test_fingerprints_skip_unchanged_records_and_follow_the_chunk_s_own_writes(
               valid(producer, "user-a", 1), valid(producer, "user-b", 2)]  # fmt: skip
     result = producer.enqueue_chunk(second, fingerprints=[b"A0", b"B1", b"A1", b"A1", b""], fingerprint_ttl_ms=90_000)
     # Then only what changed is appended, numbered without gaps, and the total counts only that
-    assert result == ChunkResult(enqueued=3, skipped=2, queued=6)
-    queued = [entry.decode(r) for r in listed(redis_client, keys.shard(0).queue)]
+    assert result == ChunkResult(enqueued=3, skipped=2, already=0)
+    queued = [entry.decode(r) for r in listed(redis_client, k.queue)]
     assert [(e.seq, e.user_key, e.data) for e in queued[3:]] == [
         (4, "u:user-b", second[1].data), (5, "u:user-a", second[2].data), (6, "u:user-b", second[4].data)
     ]  # fmt: skip
-    assert redis_client.get(keys.shard(0).seq) == b"6"
-    assert redis_client.get(keys.total) == b"6"
+    assert redis_client.get(k.seq) == b"6"
+    assert redis_client.get(k.total) == b"6"
     # a's fingerprint is its last, with the new TTL; b's was cleared by its last record
     assert redis_client.get(fp_a) == b"A1"
     assert 89_000 < pttl(redis_client, fp_a) <= 90_000
@@ -180,51 +227,167 @@ def test_the_cap_counts_only_what_fingerprints_let_through(
     result = producer.enqueue_chunk(
         [valid(producer, "user-a"), valid(producer, "user-b")], fingerprints=[b"A0", b"B0"], fingerprint_ttl_ms=60_000
     )
-    assert result == ChunkResult(1, 1, 2)
+    assert result == ChunkResult(1, 1, 0)
+    assert redis_client.get(keys.shard(0).total) == b"2"
 
 
-@pytest.mark.shards(1)
-def test_an_import_job_s_progress_is_written_with_its_chunk(
+@pytest.mark.shards(2)
+def test_each_shard_records_the_job_s_progress_with_its_records(
     producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    job = keys.import_progress("nightly")
-    redis_client.hset(job, mapping={"run": "r1", "line": 0, "offset": 0, "state": "running", "source": "users.csv"})
-    # When two chunks of the run that owns the job are enqueued, the second one finishing it
-    before = redis_ms(redis_client)
+    # Given a job whose run r1 has taken both shards (import_claim.lua)
+    [a] = users_in_shard(0, 2, 1)
+    [b] = users_in_shard(1, 2, 1)
+    p0, p1 = (keys.shard(s).import_progress("nightly") for s in (0, 1))
+    for p in (p0, p1):
+        redis_client.hset(p, "run", "r1")
+    # When a chunk with records of both shards is enqueued (lines 2 and 3; the chunk ends at 3)
     first = JobProgress("nightly", "r1", line=3, offset=90, rejected=1, ttl_ms=100_000)
-    producer.enqueue_chunk([valid(producer, "user-a"), valid(producer, "user-b")], progress=first)
-    after = redis_ms(redis_client)
-    progress = text_hash(redis_client, job)
-    assert before <= int(progress.pop("updated_ms")) <= after
-    assert progress == {"run": "r1", "line": "3", "offset": "90", "state": "running", "source": "users.csv",
-                        "enqueued": "2", "skipped": "0", "rejected": "1"}  # fmt: skip
-    assert 99_000 < pttl(redis_client, job) <= 100_000
-    producer.enqueue_chunk(
-        [valid(producer, "user-a", 1)], fingerprints=[b""], fingerprint_ttl_ms=1000,
-        progress=JobProgress("nightly", "r1", line=5, offset=150, rejected=1, finished=True, ttl_ms=200_000),
-    )  # fmt: skip
-    progress = text_hash(redis_client, job)
-    del progress["updated_ms"]
-    # Then the counts add up, and the position and state are the last chunk's
-    assert progress == {"run": "r1", "line": "5", "offset": "150", "state": "finished", "source": "users.csv",
-                        "enqueued": "3", "skipped": "0", "rejected": "2"}  # fmt: skip
-    assert 199_000 < pttl(redis_client, job) <= 200_000
+    assert producer.enqueue_chunk([valid(producer, a), valid(producer, b)], progress=first,
+                                  lines=[2, 3]) == ChunkResult(2, 0, 0)  # fmt: skip
+    # Then each shard has the chunk's end and what it enqueued, with the job's TTL
+    for p in (p0, p1):
+        assert text_hash(redis_client, p) == {"run": "r1", "line": "3", "offset": "90", "enqueued": "1"}
+        assert 99_000 < pttl(redis_client, p) <= 100_000
+    # When the next chunk has records of shard 0 only
+    second = JobProgress("nightly", "r1", line=5, offset=150, finished=True, ttl_ms=200_000)
+    producer.enqueue_chunk([valid(producer, a, 1), valid(producer, a, 2)], fingerprints=[b"", b""],
+                           fingerprint_ttl_ms=1000, lines=[4, 5], progress=second)  # fmt: skip
+    # Then shard 0 moves on, shard 1 keeps its line, and the job's own hash is import_advance's
+    assert text_hash(redis_client, p0) == {"run": "r1", "line": "5", "offset": "150", "enqueued": "3"}
+    assert 199_000 < pttl(redis_client, p0) <= 200_000
+    assert text_hash(redis_client, p1) == {"run": "r1", "line": "3", "offset": "90", "enqueued": "1"}
+    assert redis_client.exists(keys.import_job("nightly")) == 0
 
 
 @pytest.mark.shards(1)
-def test_a_job_taken_over_by_another_run_is_refused_and_nothing_written(
-    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys, namespace: str
+@pytest.mark.parametrize(
+    ("shard_line", "appended", "already"),
+    [
+        (None, [1, 2, 3, 4], 0),  # the shard has no line of the job: everything goes
+        (2, [3, 4], 2),  # an earlier run enqueued lines 1 and 2 here before it stopped
+        (4, [], 4),  # it had the whole chunk
+        (0, [1, 2, 3, 4], 0),
+    ],
+)
+def test_a_resumed_import_leaves_out_the_lines_a_shard_already_has(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys,
+    shard_line: int | None, appended: list[int], already: int,
+) -> None:  # fmt: skip
+    k = keys.shard(0)
+    progress = k.import_progress("nightly")
+    redis_client.hset(progress, "run", "r2")
+    if shard_line is not None:
+        redis_client.hset(progress, mapping={"line": shard_line, "offset": 10 * shard_line, "enqueued": shard_line})
+    # a chunk of lines 1..4, each its own user, with fingerprints that would all be stored
+    users = [f"user-{n}" for n in range(1, 5)]
+    result = producer.enqueue_chunk(
+        [valid(producer, u) for u in users], fingerprints=[b"F1", b"F2", b"F3", b"F4"], fingerprint_ttl_ms=60_000,
+        progress=JobProgress("nightly", "r2", line=4, offset=40), lines=[1, 2, 3, 4],
+    )  # fmt: skip
+    assert result == ChunkResult(len(appended), 0, already)
+    queued = [entry.decode(r) for r in listed(redis_client, k.queue)]
+    assert [e.user_key for e in queued] == [f"u:user-{n}" for n in appended]
+    assert [e.seq for e in queued] == list(range(1, len(appended) + 1))
+    assert int(redis_client.get(k.total) or 0) == len(appended)
+    # what is left out stores no fingerprint: only the appended records' are kept
+    fingerprints = {n: redis_client.get(k.fingerprint(f"u:user-{n}")) for n in range(1, 5)}
+    assert fingerprints == {n: (f"F{n}".encode() if n in appended else None) for n in range(1, 5)}
+    # the shard now has the chunk's lines
+    assert text_hash(redis_client, progress) == {"run": "r2", "line": "4", "offset": "40",
+                                                 "enqueued": str((shard_line or 0) + len(appended))}  # fmt: skip
+
+
+@pytest.mark.shards(2)
+def test_a_shard_taken_over_by_another_run_refuses_the_call_and_nothing_is_written(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    # Given a job that another run (r2) has taken over, in a queue that exists
-    redis_client.hset(keys.meta, mapping={"shards": 1, "layout": LAYOUT_VERSION})
-    redis_client.hset(keys.import_progress("nightly"), mapping={"run": "r2", "line": 7, "state": "running"})
+    # Given a job that another run (r2) has taken over in shard 1 and not yet in shard 0
+    [a] = users_in_shard(0, 2, 1)
+    [b] = users_in_shard(1, 2, 1)
+    redis_client.hset(keys.shard(0).import_progress("nightly"), mapping={"run": "r1", "line": 7})
+    redis_client.hset(keys.shard(1).import_progress("nightly"), mapping={"run": "r2", "line": 7})
+    before = but_wake_ups(redis_client, keys)
+    # Then a chunk of run r1 is refused with IMPORT_TAKEN, and nothing of it is written, in either shard
+    with pytest.raises(ImportTaken):
+        producer.enqueue_chunk([valid(producer, a), valid(producer, b)], fingerprints=[b"A0", b"B0"],
+                               fingerprint_ttl_ms=60_000, progress=JobProgress("nightly", "r1", line=9, offset=10),
+                               lines=[8, 9])  # fmt: skip
+    assert but_wake_ups(redis_client, keys) == before
+    # while a chunk of r1 for shard 0 alone still goes (the run that took shard 1 takes it at its start)
+    assert producer.enqueue_chunk([valid(producer, a)], progress=JobProgress("nightly", "r1", line=9, offset=10),
+                                  lines=[9]) == ChunkResult(1, 0, 0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stored", "taken"),
+    [
+        ({}, True),  # the job has not reached the shard yet (import_claim has not run there)
+        ({"run": "r1"}, True),  # claimed by this run
+        ({"run": "r1", "line": "0", "offset": "0", "enqueued": "0"}, True),
+        ({"run": "r2"}, False),  # another run took it over
+        ({"run": "r2", "line": "0", "offset": "0", "enqueued": "0"}, False),
+    ],
+)
+def test_the_script_takes_a_chunk_of_the_run_that_holds_the_shard_or_of_a_shard_not_yet_held(
+    redis_client: redis.Redis, keys: Keys, namespace: str, stored: dict[str, str], taken: bool
+) -> None:
+    k = keys.shard(0)
+    progress = k.import_progress("nightly")
+    if stored:
+        redis_client.hset(progress, mapping=stored)
+    script_keys, args = one_record_call(keys, 8)
+    script_keys.insert(5, progress)  # after the shard's five keys, before any fingerprint
+    args[4:8] = ["r1", 50_000, 1, 12]  # run, job TTL, the line and offset the chunk ends at
+    args[10] = 1  # the record's line
     before = snapshot(redis_client, namespace)
-    # Then the chunk of run r1 is refused with IMPORT_TAKEN, and nothing of it is written
-    with pytest.raises(ImportTaken):
-        producer.enqueue_chunk([valid(producer, "user-a")], fingerprints=[b"A0"], fingerprint_ttl_ms=60_000,
-                               progress=JobProgress("nightly", "r1", line=9, offset=10))  # fmt: skip
-    assert snapshot(redis_client, namespace) == before
-    # and a job with no progress at all is refused too (it was withdrawn or expired)
-    with pytest.raises(ImportTaken):
-        producer.enqueue_chunk([valid(producer, "user-a")], progress=JobProgress("gone", "r1", line=1, offset=1))
-    assert snapshot(redis_client, namespace) == before
+    enqueue = Script(redis_client, "producers", "enqueue")
+    if not taken:
+        with pytest.raises(ImportTaken):
+            enqueue(script_keys, args)
+        assert snapshot(redis_client, namespace) == before
+        return
+    assert enqueue(script_keys, args) == [1, 1, 0, 0]
+    assert text_hash(redis_client, progress) == {"run": "r1", "line": "1", "offset": "12", "enqueued": "1"}
+    assert 49_000 < pttl(redis_client, progress) <= 50_000
+
+
+@pytest.mark.shards(1)
+def test_a_shard_s_line_of_the_job_never_moves_back(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given a shard that has the job's records up to line 10 (an earlier run's chunk went in, and it
+    # stopped before the job's hash recorded it), resumed from line 6 with smaller chunks
+    k = keys.shard(0)
+    progress = k.import_progress("nightly")
+    redis_client.hset(progress, mapping={"run": "r2", "line": 10, "offset": 100, "enqueued": 4})
+    users = {n: valid(producer, f"user-{n}") for n in range(7, 12)}
+    # When a first chunk (lines 7, 8) ends before the shard's line
+    first = JobProgress("nightly", "r2", line=8, offset=80)
+    assert producer.enqueue_chunk([users[7], users[8]], lines=[7, 8], progress=first) == ChunkResult(0, 0, 2)
+    # Then the shard keeps its line, so that the next chunk leaves out 9 and 10 too: each line once
+    assert text_hash(redis_client, progress) == {"run": "r2", "line": "10", "offset": "100", "enqueued": "4"}
+    second = JobProgress("nightly", "r2", line=11, offset=110)
+    result = producer.enqueue_chunk([users[9], users[10], users[11]], lines=[9, 10, 11], progress=second)
+    assert result == ChunkResult(1, 0, 2)
+    assert [entry.decode(r).user_key for r in listed(redis_client, k.queue)] == ["u:user-11"]
+    assert text_hash(redis_client, progress) == {"run": "r2", "line": "11", "offset": "110", "enqueued": "5"}
+
+
+@pytest.mark.shards(1)
+def test_a_chunk_of_the_importer_s_largest_size_with_fingerprints_goes_in_one_call(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    # `import --chunk-size` goes up to 10,000 lines, all of which may fall in one shard: the script
+    # reads their fingerprints in slices (Lua unpacks a few thousand values at most)
+    records = [valid(producer, f"user-{n:05d}") for n in range(10_000)]
+    fingerprints = [b"F%d" % n for n in range(10_000)]
+    assert producer.enqueue_chunk(records, fingerprints=fingerprints, fingerprint_ttl_ms=60_000) == ChunkResult(
+        10_000, 0, 0
+    )
+    # the same again: every one is unchanged, and the one changed record goes
+    fingerprints[9_999] = b"changed"
+    assert producer.enqueue_chunk(records, fingerprints=fingerprints, fingerprint_ttl_ms=60_000) == ChunkResult(
+        1, 9_999, 0
+    )
+    assert redis_client.get(keys.shard(0).total) == b"10001"

@@ -70,19 +70,63 @@ def test_renew_with_a_wrong_token_is_lease_lost_and_changes_nothing(
         assert pttl(redis_client, k.lease) <= 5000
 
 
-# -- release --------------------------------------------------------------------------------------
+# -- release ---------------------------------------------------------------------------------------
+@pytest.fixture
+def release(redis_client: redis.Redis) -> Script:
+    return Script(redis_client, "worker", "lease_release")
+
+
+def release_keys(keys: Keys) -> list[str]:
+    k = keys.shard(SHARD)
+    return [k.lease, k.queue, k.inflight, k.parked, k.state]
+
+
 def test_release_with_a_wrong_token_changes_nothing(
-    redis_client: redis.Redis, keys: Keys, leases: Leases, namespace: str
+    redis_client: redis.Redis, keys: Keys, leases: Leases, release: Script, namespace: str
 ) -> None:
     k = keys.shard(SHARD)
     leases.acquire(SHARD)
     redis_client.rpush(k.inflight, queue_entry("u:user-1", 1))
     before = snapshot(redis_client, namespace)
-    release = Script(redis_client, "worker", "lease_release")
-    reply = release([k.lease, k.queue, k.inflight, k.parked, keys.wakeups, keys.kick, k.state],
-                    ["not-the-token", SHARD, 5000, 0, 1])  # fmt: skip
-    assert reply == 0
+    assert release(release_keys(keys), ["not-the-token", 5000, 0, 1]) == -1
     assert snapshot(redis_client, namespace) == before
+
+
+@pytest.mark.parametrize(
+    ("retry_in", "wake_in", "work", "due"),
+    [
+        (5000, 0, "inflight", "now+5000"),  # a retry: the whole shard waits
+        (5000, 7000, "queue", "now+5000"),  # a retry wins over a wake time
+        (0, 7000, "queue", "now+7000"),  # a wake time (sending blocked): looked at again then
+        (0, 7000, "", "now+7000"),
+        (0, 0, "queue", "now"),  # work left: at once
+        (0, 0, "inflight", "now"),
+        (0, 0, "parked", "first"),  # only waiting users: when the first may go
+        (0, 0, "", "0"),  # idle: not until something is enqueued
+    ],
+)
+def test_release_answers_when_the_shard_next_needs_a_drain_and_wakes_nothing_itself(
+    redis_client: redis.Redis, keys: Keys, leases: Leases, release: Script,
+    retry_in: int, wake_in: int, work: str, due: str,
+) -> None:  # fmt: skip
+    k = keys.shard(SHARD)
+    token = leases.acquire(SHARD)
+    far = redis_ms(redis_client) + 3_600_000
+    if work == "parked":
+        redis_client.zadd(k.parked, {"u:late": far + 5, "u:early": far})
+    elif work:
+        redis_client.rpush(getattr(k, work), queue_entry("u:user-1", 1))
+    before = redis_ms(redis_client)
+    reply = int(release(release_keys(keys), [token, retry_in, wake_in, 1]))
+    after = redis_ms(redis_client)
+    expected = {"now+5000": (before + 5000, after + 5000), "now+7000": (before + 7000, after + 7000),
+                "now": (before, after), "first": (far, far), "0": (0, 0)}[due]  # fmt: skip
+    assert expected[0] <= reply <= expected[1]
+    assert redis_client.exists(k.lease) == 0
+    # the retry time is kept in the shard's state, and only there; the wake-up is wake.lua's
+    state = text_hash(redis_client, k.state)
+    assert state.get("retry_at") == (str(reply) if retry_in else None)
+    assert redis_client.exists(keys.wakeups, keys.kick) == 0
 
 
 def test_release_with_a_retry_makes_the_whole_shard_wait(leases: Leases, redis_client: redis.Redis, keys: Keys) -> None:

@@ -1,5 +1,6 @@
 """The settle script (worker/lua/settle.lua) against a real redis-server: what one answer changes,
-all or nothing: inflight, dead letters, waiting users, fingerprints and counters."""
+all or nothing: inflight, dead letters, waiting users, fingerprints and counters, every one of them
+the shard's own (per-shard totals, stats, dead letters and fingerprints: one hash slot)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import redis
 
 from producers.contract import entry
 from producers.contract.keys import Keys
-from tests.support import listed, make_wait, members, pttl, queue_entry, redis_ms, scored, snapshot, text_hash
+from tests.support import listed, make_wait, members, queue_entry, redis_ms, scored, snapshot, text_hash
 from worker.deadletter import dead_letter
 from worker.drain import waiting
-from worker.drain.clock import RedisClock
 from worker.drain.lease import Leases
 from worker.drain.settle import DeadLetter, Parking, Settlement, Settlements
 from worker.errors import LeaseLost
@@ -28,19 +28,20 @@ class Shard:
         token = Leases(client, keys, 60).acquire(SHARD)
         assert token is not None
         self.token = token
-        self.clock = RedisClock()
-        self.clock.sync(redis_ms(client))
-        self.settlements = Settlements(client, keys, self.clock)
+        self.settlements = Settlements(client, keys)
         self.inflight = [queue_entry("u:user-a", 1), queue_entry("u:user-b", 2), queue_entry("u:user-a", 3)]
         client.rpush(self.k.inflight, *self.inflight)
-        client.set(keys.total, 10)
+        client.set(self.k.total, 10)
 
     def settle(self, s: Settlement) -> list[str]:
         return self.settlements.settle(SHARD, self.token, s)
 
-    @property
-    def rate_key(self) -> str:
-        return self.keys.delivered_in(self.clock.now_ms() // 10_000)
+    def delivered_this_minute(self, now_ms: int) -> int:
+        """What the shard's minutes ring (iq.count_minute) counts as delivered in ``now_ms``'s minute."""
+        minute = now_ms // 60_000
+        ring = text_hash(self.client, self.k.minutes)
+        assert ring.get(f"m{minute % 64}") == str(minute)
+        return int(ring[f"d{minute % 64}"])
 
 
 @pytest.fixture
@@ -53,13 +54,14 @@ def test_delivered_records_are_trimmed_from_the_head_and_counted(shard: Shard, r
     assert shard.settle(Settlement(delivered=2, requests=1, trim=2)) == []
     after = redis_ms(redis_client)
     assert listed(redis_client, shard.k.inflight) == shard.inflight[2:]
-    assert redis_client.get(shard.keys.total) == b"8"
-    stats = text_hash(redis_client, shard.keys.stats)
-    assert before <= int(stats.pop("last_delivery_ms")) <= after
+    assert redis_client.get(shard.k.total) == b"8"
+    stats = text_hash(redis_client, shard.k.stats)
+    delivered_ms = int(stats.pop("last_delivery_ms"))
+    assert before <= delivered_ms <= after
     assert stats == {"delivered": "2", "requests": "1"}
-    # the delivery rate's ten-second bucket, kept two minutes
-    assert redis_client.get(shard.rate_key) == b"2"
-    assert 119_000 < pttl(redis_client, shard.rate_key) <= 120_000
+    # the delivery rate and the console's chart: this minute of the shard's ring counts them
+    assert shard.delivered_this_minute(delivered_ms) == 2
+    assert int(text_hash(redis_client, shard.k.minutes)[f"e{delivered_ms // 60_000 % 64}"]) == 0
 
 
 def test_replace_gives_inflight_exactly(shard: Shard, redis_client: redis.Redis) -> None:
@@ -67,15 +69,15 @@ def test_replace_gives_inflight_exactly(shard: Shard, redis_client: redis.Redis)
     shard.settle(Settlement(requests=1, replace=[retried, shard.inflight[2]]))
     assert listed(redis_client, shard.k.inflight) == [retried, shard.inflight[2]]
     # nothing delivered: only the request is counted
-    assert text_hash(redis_client, shard.keys.stats) == {"requests": "1"}
-    assert redis_client.get(shard.keys.total) == b"10"
-    assert redis_client.exists(shard.rate_key) == 0
+    assert text_hash(redis_client, shard.k.stats) == {"requests": "1"}
+    assert redis_client.get(shard.k.total) == b"10"
+    assert redis_client.exists(shard.k.minutes) == 0
 
 
 def test_replace_wins_over_trim_and_may_empty_inflight(shard: Shard, redis_client: redis.Redis) -> None:
     shard.settle(Settlement(delivered=3, trim=1, replace=[]))
     assert redis_client.exists(shard.k.inflight) == 0
-    assert redis_client.get(shard.keys.total) == b"7"
+    assert redis_client.get(shard.k.total) == b"7"
 
 
 @pytest.mark.parametrize(("trim", "cleared"), [(3, True), (2, False)])
@@ -93,40 +95,47 @@ def test_dead_letters_get_ids_per_shard_and_are_indexed_and_counted(
     shard: Shard, redis_client: redis.Redis, keys: Keys
 ) -> None:
     # Given fingerprints for both users, and b's dead letter already numbered 4 in this shard
-    redis_client.set(keys.fingerprint("u:user-a"), b"fa")
-    redis_client.set(keys.fingerprint("u:user-b"), b"fb")
-    redis_client.set(shard.k.dlq_seq, 4)
+    k = shard.k
+    redis_client.set(k.fingerprint("u:user-a"), b"fa")
+    redis_client.set(k.fingerprint("u:user-b"), b"fb")
+    redis_client.set(k.dlq_seq, 4)
+    # and another shard's dead letters, which a settle of this one never touches
+    other = keys.shard(SHARD + 1)
+    redis_client.set(other.dlq_seq, 9)
+    redis_client.hset(other.dlq_counts, "invalid", 9)
     a = dead_letter(entry.decode(shard.inflight[0]), "invalid", 1111, detail="invalid field user_id", status=400)
     raw = DeadLetter("undecodable", b'{"reason":"undecodable"}')  # no user: no fingerprint
     # When a settle dead-letters two records and delivers one
     ids = shard.settle(Settlement(delivered=1, requests=1, trim=3, dead=[a, raw], failed_ms=1111, error="refused"))
     # Then they get the next ids of the shard, in order, and are indexed by failure time and counted
     assert ids == [f"{SHARD}-5", f"{SHARD}-6"]
-    assert text_hash(redis_client, keys.dlq_entries) == {f"{SHARD}-5": a.json.decode(),
-                                                         f"{SHARD}-6": '{"reason":"undecodable"}'}  # fmt: skip
-    assert scored(redis_client, keys.dlq_index) == [(f"{SHARD}-5", 1111), (f"{SHARD}-6", 1111)]
-    assert text_hash(redis_client, keys.dlq_counts) == {"invalid": "1", "undecodable": "1"}
+    assert text_hash(redis_client, k.dlq_entries) == {f"{SHARD}-5": a.json.decode(),
+                                                      f"{SHARD}-6": '{"reason":"undecodable"}'}  # fmt: skip
+    assert scored(redis_client, k.dlq_index) == [(f"{SHARD}-5", 1111), (f"{SHARD}-6", 1111)]
+    assert text_hash(redis_client, k.dlq_counts) == {"invalid": "1", "undecodable": "1"}
+    assert redis_client.get(k.dlq_seq) == b"6"
     # the dead-lettered user's fingerprint is deleted (the next import sends it again), no other
-    assert redis_client.exists(keys.fingerprint("u:user-a")) == 0
-    assert redis_client.get(keys.fingerprint("u:user-b")) == b"fb"
+    assert redis_client.exists(k.fingerprint("u:user-a")) == 0
+    assert redis_client.get(k.fingerprint("u:user-b")) == b"fb"
     # delivered and dead-lettered both leave the total
-    assert redis_client.get(keys.total) == b"7"
-    stats = text_hash(redis_client, keys.stats)
+    assert redis_client.get(k.total) == b"7"
+    stats = text_hash(redis_client, k.stats)
     assert stats["last_error"] == "refused" and stats["dead_lettered"] == "2" and stats["delivered"] == "1"
     # and the count goes on
     assert shard.settle(Settlement(dead=[a], failed_ms=1112)) == [f"{SHARD}-7"]
-    assert text_hash(redis_client, keys.dlq_counts) == {"invalid": "2", "undecodable": "1"}
-    assert orjson.loads(text_hash(redis_client, keys.dlq_entries)[f"{SHARD}-7"])["reason"] == "invalid"
+    assert text_hash(redis_client, k.dlq_counts) == {"invalid": "2", "undecodable": "1"}
+    assert orjson.loads(text_hash(redis_client, k.dlq_entries)[f"{SHARD}-7"])["reason"] == "invalid"
+    assert (redis_client.get(other.dlq_seq), text_hash(redis_client, other.dlq_counts)) == (b"9", {"invalid": "9"})
 
 
 def test_an_error_is_kept_with_its_time_and_no_error_leaves_it(shard: Shard, redis_client: redis.Redis) -> None:
     before = redis_ms(redis_client)
     shard.settle(Settlement(requests=1, error="HTTP 503"))
     after = redis_ms(redis_client)
-    stats = text_hash(redis_client, shard.keys.stats)
+    stats = text_hash(redis_client, shard.k.stats)
     assert stats["last_error"] == "HTTP 503" and before <= int(stats["last_error_ms"]) <= after
     shard.settle(Settlement(delivered=1, trim=1))
-    assert text_hash(redis_client, shard.keys.stats)["last_error"] == "HTTP 503"
+    assert text_hash(redis_client, shard.k.stats)["last_error"] == "HTTP 503"
 
 
 def test_a_held_user_is_parked_among_its_waiting_updates(shard: Shard, redis_client: redis.Redis, keys: Keys) -> None:
@@ -184,7 +193,7 @@ def test_a_user_that_did_not_wait_is_added_by_a_hold_of_zero(shard: Shard, redis
 def test_a_settle_without_the_lease_is_lease_lost_and_changes_nothing(
     shard: Shard, redis_client: redis.Redis, keys: Keys, namespace: str
 ) -> None:
-    redis_client.set(keys.fingerprint("u:user-a"), b"fa")
+    redis_client.set(shard.k.fingerprint("u:user-a"), b"fa")
     before = snapshot(redis_client, namespace)
     a = dead_letter(entry.decode(shard.inflight[0]), "invalid", 1111)
     member = waiting.member(entry.decode(shard.inflight[1]))

@@ -8,7 +8,8 @@ stalled past its TTL can never acknowledge, park or dead-letter records a newer 
 
     acquire   take it if free (worker/lua/lease_acquire.lua)
     renew     extend it (lease_renew.lua)
-    release   give it back, saying when the shard next needs a drain (lease_release.lua)
+    release   give it back, and say when the shard next needs a drain (lease_release.lua, then
+              producers/lua/wake.lua on the global keys)
     lost      a drainer that found it lost did not crash: no recovery is counted (lease_lost.lua)
 """
 
@@ -29,6 +30,7 @@ class Leases:
         self._acquire = Script(client, "worker", "lease_acquire")
         self._renew = Script(client, "worker", "lease_renew")
         self._release = Script(client, "worker", "lease_release")
+        self._wake = Script(client, "producers", "wake")
         self._lost = Script(client, "worker", "lease_lost")
 
     def acquire(self, shard: int) -> str | None:
@@ -45,8 +47,15 @@ class Leases:
         """Give the shard back.  With ``retry_in_ms`` the whole shard waits that long (Redis's clock);
         otherwise it is woken as soon as it has work, or when its first waiting user's time comes."""
         k = self.keys.shard(shard)
-        keys = [k.lease, k.queue, k.inflight, k.parked, self.keys.wakeups, self.keys.kick, k.state]
-        self._release(keys, [token, shard, retry_in_ms, wake_in_ms, 1 if clean else 0], action="release lease")
+        keys = [k.lease, k.queue, k.inflight, k.parked, k.state]
+        due = int(self._release(keys, [token, retry_in_ms, wake_in_ms, 1 if clean else 0], action="release lease"))
+        if due > 0:
+            self.wake(shard, due)
+
+    def wake(self, shard: int, due_ms: int) -> None:
+        """The shard needs a drain at ``due_ms`` (Redis's clock), unless one is due earlier."""
+        keys = [self.keys.meta, self.keys.wakeups, self.keys.kick]
+        self._wake(keys, ["LT", shard, due_ms], action="wake the shard")
 
     def lost(self, shard: int, token: str) -> None:
         """Say that this drainer lost its lease (it did not crash): no recovery is counted for it."""

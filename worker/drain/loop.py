@@ -146,17 +146,22 @@ class Drainer:
         """Claim and send until the slice ends or the shard must wait; (the pause, a clean stop)."""
         try:
             deadline = time.monotonic() + self.settings.drain_slice_s
+            begin = self.store.begin()
+            if begin.wait_ms:
+                return Pause(begin.wait_ms, retry=False), True  # blocked: looked at again at the next probe
+            self._max_bytes = request_size_limit(
+                self.settings.batch_max_bytes, begin.learned_request_bytes, begin.learned_age_ms,
+                int(self.settings.request_size_recovery_s * 1000),
+            )  # fmt: skip
+            probe = begin.probe
             while time.monotonic() < deadline and not self._should_stop():
                 claim = self.store.claim(shard, token, self.settings.effective_batch_size, self._max_bytes)
-                self._max_bytes = request_size_limit(
-                    self.settings.batch_max_bytes, claim.learned_request_bytes, claim.learned_age_ms,
-                    int(self.settings.request_size_recovery_s * 1000),
-                )  # fmt: skip
                 if claim.wait_ms:
-                    return Pause(claim.wait_ms, retry=claim.wait_is_retry), True
+                    return Pause(claim.wait_ms, retry=True), True
                 if not claim.entries:
                     return None, True
-                pause = self._process(shard, token, claim)
+                pause = self._process(shard, token, claim, probe=probe)
+                probe = False
                 if pause:
                     return pause, True
             return None, True
@@ -172,7 +177,7 @@ class Drainer:
             log.exception("shard %d: drain failed; its records stay in flight and are read again first", shard)
             return Pause(self._backoff_ms(1), retry=True), False
 
-    def _process(self, shard: int, token: str, claim: Claim) -> Pause | None:
+    def _process(self, shard: int, token: str, claim: Claim, *, probe: bool = False) -> Pause | None:
         """Send everything claimed, in order; return a pause if the shard must wait."""
         now = self.clock.now_ms()
         decoded, dead = self._decode(claim.entries, now)
@@ -191,7 +196,7 @@ class Drainer:
             inflight=list(claim.entries),
             max_bytes=self._max_bytes,
             careful=claim.recoveries >= self.settings.poison_after,
-            probe=claim.probe,
+            probe=probe,
             claimed_ms=claim.now_ms,
         )
         try:

@@ -16,7 +16,6 @@ import redis
 
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
-from worker.drain.clock import RedisClock
 
 
 @dataclass
@@ -66,18 +65,16 @@ def inflight_change(current: list[bytes], desired: list[bytes]) -> tuple[int, li
 
 
 class Settlements:
-    def __init__(self, client: redis.Redis, keys: Keys, clock: RedisClock) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.keys = keys
-        self._clock = clock
         self._script = Script(client, "worker", "settle")
 
     def settle(self, shard: int, token: str, s: Settlement) -> list[str]:
         """Apply one answer's settlement; returns the ids given to its dead letters."""
         k = self.keys.shard(shard)
         keys = [
-            k.lease, k.inflight, self.keys.total, self.keys.stats, k.state, self.keys.dlq_entries,
-            self.keys.dlq_index, self.keys.dlq_counts, k.parked, k.parked_why, k.waiting,
-            self.keys.delivered_in(self._clock.now_ms() // 10_000), k.dlq_seq, k.minutes,
+            k.lease, k.inflight, k.total, k.stats, k.state, k.dlq_entries, k.dlq_index, k.dlq_counts, k.parked,
+            k.parked_why, k.waiting, k.dlq_seq, k.minutes,
         ]  # fmt: skip
         args: list[Any] = [token, shard, s.delivered, s.requests, s.error, s.failed_ms, s.trim]
         if s.replace is None:
@@ -90,6 +87,6 @@ class Settlements:
         args.append(len(s.parked))
         for p in s.parked:
             args += [p.user_key, p.hold_ms, p.reason, len(p.members), *p.members]
-        keys += [self.keys.fingerprint(u) for u in {d.user_key for d in s.dead if d.user_key is not None}]
+        keys += [k.fingerprint(u) for u in {d.user_key for d in s.dead if d.user_key is not None}]
         ids = self._script(keys, args, action="settle")
         return [i.decode() for i in ids]

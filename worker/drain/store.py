@@ -1,7 +1,8 @@
 """Every Redis operation a drainer performs on its shard, in one handle; each is one Lua script.
 
     lease.py         acquire, renew, release, lost
-    claim.py         claim: what the next request can carry
+    claim.py         begin: blocked? the probe? the learned request size (global keys, once per task);
+                     claim: what the next request can carry (the shard's keys)
     settle.py        settle: what one answer changes
     waiting.py       the oldest waiting update of each claimed user
     blocking.py      block, unblock, probe_now: sending stopped for a configuration error
@@ -19,7 +20,7 @@ import redis
 
 from producers.contract.keys import Keys
 from worker.drain.blocking import Block, Blocking
-from worker.drain.claim import Claim, Claims
+from worker.drain.claim import Begin, Beginnings, Claim, Claims
 from worker.drain.clock import RedisClock
 from worker.drain.lease import Leases
 from worker.drain.request_size import RequestSizes
@@ -32,8 +33,9 @@ class ShardStore:
         self.keys = keys
         self.clock = RedisClock()
         self._leases = Leases(client, keys, lease_ttl_s)
-        self._claims = Claims(client, keys, probe_hold_ms=self._leases.ttl_ms)
-        self._settlements = Settlements(client, keys, self.clock)
+        self._claims = Claims(client, keys)
+        self._beginnings = Beginnings(client, keys, probe_hold_ms=self._leases.ttl_ms)
+        self._settlements = Settlements(client, keys)
         self._waiting = WaitingUsers(client, keys)
         self._blocking = Blocking(client, keys)
         self._sizes = RequestSizes(client, keys)
@@ -49,6 +51,11 @@ class ShardStore:
 
     def lost(self, shard: int, token: str) -> None:
         self._leases.lost(shard, token)
+
+    def begin(self) -> Begin:
+        begin = self._beginnings.begin()
+        self.clock.sync(begin.now_ms)
+        return begin
 
     def claim(self, shard: int, token: str, max_entries: int, max_bytes: int) -> Claim:
         claim = self._claims.claim(shard, token, max_entries, max_bytes)

@@ -1,9 +1,9 @@
 -- claim: take what the next request of a shard can carry (worker/drain/claim.py).
 --
--- KEYS  lease, queue, inflight, state, parked, parked_why, waiting, blocked, meta.
--- ARGV  token, max entries, max bytes, probe hold ms, max users released per claim.
--- Reply {now ms, recoveries, wait ms, wait is a retry (0/1), probe (0/1), learned request bytes
---       (0: none), its age ms, users that wait, entries...}: a header of eight, then the entries.
+-- KEYS  lease, queue, inflight, state, parked, parked_why, waiting.
+-- ARGV  token, max entries, max bytes, max users released per claim.
+-- Reply {now ms, recoveries, retry wait ms, users that wait, entries...}: a header of four, then
+--       the entries.
 -- Error LEASE_LOST when the lease is not the caller's.
 --
 -- Inflight not empty: it is returned as it is, read again first (left by a clean release waiting
@@ -18,29 +18,19 @@
 
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return iq.fail('LEASE_LOST') end
 local now = iq.now_ms()
-local learned = redis.call('HMGET', KEYS[9], 'max_request_bytes', 'max_request_bytes_ms')
-local learned_bytes = tonumber(learned[1] or '0')
-local learned_age = learned[2] and now - tonumber(learned[2]) or 0
-local function header(recoveries, wait, retry, probe)
-  return {now, recoveries, wait, retry, probe, learned_bytes, learned_age, redis.call('ZCARD', KEYS[5])}
+local function header(recoveries, wait)
+  return {now, recoveries, wait, redis.call('ZCARD', KEYS[5])}
 end
 
 local in_flight = redis.call('LLEN', KEYS[3])
 local due_users = {}
 if redis.call('ZCARD', KEYS[5]) > 0 then
-  due_users = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+  due_users = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 end
 local queued = redis.call('LLEN', KEYS[2])
-if in_flight == 0 and #due_users == 0 and queued == 0 then return header(0, 0, 0, 0) end
+if in_flight == 0 and #due_users == 0 and queued == 0 then return header(0, 0) end
 local retry_at = tonumber(redis.call('HGET', KEYS[4], 'retry_at') or '0')
-if retry_at > now then return header(0, retry_at - now, 1, 0) end
-local probe = 0
-if redis.call('EXISTS', KEYS[8]) == 1 then
-  local next_probe = tonumber(redis.call('HGET', KEYS[8], 'next_probe_ms') or '0')
-  if now < next_probe then return header(0, next_probe - now, 0, 0) end
-  redis.call('HSET', KEYS[8], 'next_probe_ms', now + tonumber(ARGV[4]))
-  probe = 1
-end
+if retry_at > now then return header(0, retry_at - now) end
 local previous = redis.call('HGET', KEYS[4], 'claimer')
 redis.call('HSET', KEYS[4], 'claimer', ARGV[1])
 
@@ -52,12 +42,12 @@ if in_flight > 0 then
     recoveries = redis.call('HINCRBY', KEYS[4], 'recoveries', 1)
     if previous then redis.call('HSET', KEYS[4], 'recovered_from', previous) end
   end
-  local out = header(recoveries, 0, 0, probe)
+  local out = header(recoveries, 0)
   for _, e in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = e end
   return out
 end
 
-local out = header(0, 0, 0, probe)
+local out = header(0, 0)
 local room, bytes, max_bytes = tonumber(ARGV[2]), 0, tonumber(ARGV[3])
 local release_room = room
 if queued > 0 then release_room = math.ceil(room / 2) end
@@ -82,6 +72,6 @@ if room > 0 and queued > 0 and bytes < max_bytes then
   redis.call('LTRIM', KEYS[2], n, -1)
   for i = 1, n do out[#out + 1] = items[i] end
 end
-out[8] = redis.call('ZCARD', KEYS[5])  -- after the releases
-if #out > 8 then iq.push(KEYS[3], out, 9, #out) end
+out[4] = redis.call('ZCARD', KEYS[5])  -- after the releases
+if #out > 4 then iq.push(KEYS[3], out, 5, #out) end
 return out

@@ -1,7 +1,7 @@
 -- settle: what one answer changes, in one step (worker/drain/settle.py).
 --
 -- KEYS  lease, inflight, total, stats, state, dlq_entries, dlq_index, dlq_counts, parked, parked_why,
---       waiting, the delivery-rate bucket, dlq_seq, minutes, then the import fingerprint of each
+--       waiting, dlq_seq, minutes (all the shard's), then the import fingerprint of each
 --       dead-lettered record's user (deleted, so that `import --skip-unchanged` sends that user's
 --       update again instead of skipping it as already sent).
 -- ARGV  token, shard, delivered, requests, last error ('' for none), failed-at ms (Redis's clock),
@@ -33,7 +33,7 @@ local n_dead = tonumber(ARGV[a])
 a = a + 1
 local ids = {}
 for d = 1, n_dead do
-  local id = ARGV[2] .. '-' .. redis.call('INCR', KEYS[13])
+  local id = ARGV[2] .. '-' .. redis.call('INCR', KEYS[12])
   redis.call('HSET', KEYS[6], id, ARGV[a + 1])
   redis.call('ZADD', KEYS[7], ARGV[6], id)
   redis.call('HINCRBY', KEYS[8], ARGV[a], 1)
@@ -51,15 +51,13 @@ for _ = 1, n_park do
   waiting.hold(KEYS[9], KEYS[10], user, release, reason)
 end
 
-for f = 15, #KEYS do redis.call('DEL', KEYS[f]) end
+for f = 14, #KEYS do redis.call('DEL', KEYS[f]) end
 local done = delivered + n_dead
 if done > 0 then redis.call('DECRBY', KEYS[3], done) end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
   redis.call('HSET', KEYS[4], 'last_delivery_ms', now)
-  redis.call('INCRBY', KEYS[12], delivered)
-  redis.call('PEXPIRE', KEYS[12], 120000)
-  iq.count_minute(KEYS[14], 'd', delivered, now)
+  iq.count_minute(KEYS[13], 'd', delivered, now)
 end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_lettered', n_dead) end
 if requests > 0 then redis.call('HINCRBY', KEYS[4], 'requests', requests) end
