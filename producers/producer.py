@@ -195,6 +195,9 @@ class IdentifyProducer:
             calls.append(self._wake_call(woken))  # the same round trip: a wake-up for nothing does no harm
         replies = run_together(self._redis, calls, replicas=self.config.min_replicas,
                                replica_timeout_ms=self.config.replica_timeout_ms, action="enqueue")  # fmt: skip
+        for reply in replies[len(parts) :]:
+            if isinstance(reply, Exception):
+                raise reply  # the wake-up was refused (a missing permission): say so, as for the enqueue
         if is_cluster(self._redis) and calls:
             done = [str(part[0][0]) for part, reply in zip(parts, replies, strict=True)
                     if not isinstance(reply, Exception) and int(reply[0]) == 1]  # fmt: skip
@@ -207,12 +210,14 @@ class IdentifyProducer:
         fingerprint_ttl_ms: int, *, progress: JobProgress | None, lines: Sequence[int] | None,
     ) -> Call:  # fmt: skip
         keys: list[str] = []
-        args: list[Any] = [self._layout, max(1, self.config.max_queued // self.config.shards), len(part)]
+        args: list[Any] = [self._layout, self._cap(), len(part)]
         args.append(fingerprint_ttl_ms if fingerprints is not None else 0)
         if progress is None:
             args += ["", 0, 0, 0]
         else:
             args += [progress.run, progress.ttl_ms, progress.line, progress.offset]
+        whole = not is_cluster(self._redis)
+        args.append(self.config.shards if whole else 0)
         for shard, indices in part:
             k = self.keys.shard(shard)
             keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
@@ -225,7 +230,16 @@ class IdentifyProducer:
                 line = lines[i] if lines is not None else 0
                 fingerprint = fingerprints[i] if fingerprints is not None else b""
                 args += [line, fingerprint, entry.tail(records[i].user_key, records[i].data)]
+        if whole:
+            keys += [self.keys.shard(s).total for s in range(self.config.shards)]
         return Call(self._enqueue, keys, args)
+
+    def _cap(self) -> int:
+        """IDENTIFY_MAX_QUEUED as one call can check it: the whole queue's on one Redis; on a Redis
+        Cluster, where a call sees one shard, each shard's even share (rounded up)."""
+        if not is_cluster(self._redis):
+            return self.config.max_queued
+        return -(-self.config.max_queued // self.config.shards)
 
     def _wake_call(self, shards: list[str]) -> Call:
         args: list[Any] = ["LT"]
@@ -245,8 +259,8 @@ class IdentifyProducer:
             if isinstance(reply, Exception):
                 raise reply
             if int(reply[0]) == 0:
-                full = QueueFull(int(reply[2]), max(1, self.config.max_queued // self.config.shards),
-                                 shard=int(reply[1]))  # fmt: skip
+                shard = int(reply[1])
+                full = QueueFull(int(reply[2]), self._cap(), shard=shard if shard >= 0 else None)
                 continue
             enqueued += int(reply[1])
             skipped += int(reply[2])
@@ -262,7 +276,12 @@ class IdentifyProducer:
         if self._layout_checked:
             return
         with store_errors("read the queue layout"):
-            stored = self._redis.hmget(self.keys.meta, ["shards", "layout"])
+            # the first producer or worker of a queue sets its layout; everyone after is checked against it
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hsetnx(self.keys.meta, "shards", str(self.config.shards))
+            pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
+            pipe.hmget(self.keys.meta, ["shards", "layout"])
+            stored = pipe.execute()[-1]
         shards, layout = (v.decode() if isinstance(v, bytes) else v for v in stored)
         if shards is not None and (shards != str(self.config.shards) or layout != LAYOUT_VERSION):
             raise mismatch(self.config.shards, {"shards": shards, "layout": layout or ""})

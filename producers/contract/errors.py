@@ -68,19 +68,20 @@ class InvalidRecord(IdentifyQueueError):
 
 
 class QueueFull(IdentifyQueueError):
-    """A shard holds its share of the configured maximum (IDENTIFY_MAX_QUEUED over IDENTIFY_SHARDS);
-    nothing of the refused call was enqueued (on a Redis Cluster: of the refused shard's part)."""
+    """Accepting the call would pass IDENTIFY_MAX_QUEUED: on one Redis the whole queue's count, on a
+    Redis Cluster a shard's even share of it (``shard`` says which).  Nothing of the refused call
+    was enqueued (on a Redis Cluster: of the refused shard's part)."""
 
     def __init__(self, queued: int, cap: int, enqueued: int = 0, *, shard: int | None = None) -> None:
         self.queued = queued
         self.cap = cap
         self.enqueued = enqueued
         self.shard = shard
-        where = f"shard {shard} holds" if shard is not None else "the queue holds"
-        super().__init__(
-            f"queue full: {where} {queued:,} records, its share of IDENTIFY_MAX_QUEUED is {cap:,}; "
-            f"{enqueued:,} records of this call were enqueued before it filled"
-        )
+        if shard is None:
+            limit = f"the queue holds {queued:,} records, IDENTIFY_MAX_QUEUED is {cap:,}"
+        else:
+            limit = f"shard {shard} holds {queued:,} records, its share of IDENTIFY_MAX_QUEUED is {cap:,}"
+        super().__init__(f"queue full: {limit}; {enqueued:,} records of this call were enqueued before it filled")
 
 
 class ScriptRefusal(IdentifyQueueError):

@@ -5,13 +5,16 @@
 -- woken by wake.lua, called after this.
 --
 -- KEYS  per group (one shard): layout, queue, seq, total, minutes, then the job's progress in the
---       shard (with a job), then one fingerprint key per record (with fingerprints).
--- ARGV  1 layout (`<shards>|<format>`), 2 cap per shard, 3 groups, 4 fingerprint TTL ms (0: none),
---       5 job run token ('': no job), 6 job TTL ms, 7 line and 8 byte offset the chunk ends at;
---       then per group: its shard id, n, then n triples (the record's line, its fingerprint or '',
---       the entry's tail, producers/contract/entry.py).
+--       shard (with a job), then one fingerprint key per record (with fingerprints); then, when the
+--       cap is the whole queue's (one Redis), the total of every shard.
+-- ARGV  1 layout (`<shards>|<format>`), 2 cap, 3 groups, 4 fingerprint TTL ms (0: none),
+--       5 job run token ('': no job), 6 job TTL ms, 7 line and 8 byte offset the chunk ends at,
+--       9 how many shard totals end KEYS (0: the cap is each shard's, as on a Redis Cluster, where
+--       one call sees one slot); then per group: its shard id, n, then n triples (the record's
+--       line, its fingerprint or '', the entry's tail, producers/contract/entry.py).
 -- Reply {1, appended, skipped as unchanged, left out as already enqueued} when written;
---       {0, shard, queued in it} when a shard's cap refuses the call (nothing written, in any group).
+--       {0, shard, queued in it} when a shard's cap refuses the call, {0, -1, queued in all} when the
+--       whole queue's does (nothing written, in any group).
 -- Errors QUEUE_MISMATCH shards= layout= (a shard was written with another layout); IMPORT_TAKEN
 --       (another run of the import job has taken the shard over).
 --
@@ -25,9 +28,10 @@
 local layout, cap, groups = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fp_ttl, run, job_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local job = run ~= ''
+local whole = tonumber(ARGV[9])
 
 -- pass 1: check every group and decide what it appends; nothing is written unless all may go
-local plans, k, a = {}, 1, 9
+local plans, k, a = {}, 1, 10
 for g = 1, groups do
   local plan = {layout = KEYS[k], queue = KEYS[k + 1], seq = KEYS[k + 2], total = KEYS[k + 3],
                 minutes = KEYS[k + 4], shard = ARGV[a], n = tonumber(ARGV[a + 1]), kept = {}, fps = {}}
@@ -82,9 +86,19 @@ for g = 1, groups do
     if keep then plan.kept[#plan.kept + 1] = tail end
   end
   if fp_ttl > 0 then k = k + plan.n end
-  local queued = tonumber(redis.call('GET', plan.total) or '0')
-  if queued + #plan.kept > cap then return {0, tonumber(plan.shard), queued} end
+  if whole == 0 then
+    local queued = tonumber(redis.call('GET', plan.total) or '0')
+    if queued + #plan.kept > cap then return {0, tonumber(plan.shard), queued} end
+  end
   plans[g] = plan
+end
+if whole > 0 then
+  local queued, adding = 0, 0
+  for _, count in ipairs(redis.call('MGET', unpack(KEYS, k, k + whole - 1))) do
+    queued = queued + tonumber(count or '0')
+  end
+  for _, plan in ipairs(plans) do adding = adding + #plan.kept end
+  if queued + adding > cap then return {0, -1, queued} end
 end
 
 -- pass 2: write

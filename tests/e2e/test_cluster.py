@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import orjson
 import pytest
 import redis
@@ -273,3 +274,47 @@ def _retrying(call: Any, tries: int = 50) -> None:
             if attempt == tries - 1:
                 raise
             time.sleep(0.1)
+
+
+# -- RabbitMQ as Celery's broker -----------------------------------------------------------------------
+#: The machine kind this project runs on starts a RabbitMQ at 127.0.0.1:5672 (guest/guest) for every
+#: session and for CI; IDENTIFY_TEST_AMQP_URL points the test at another.
+AMQP_URL = os.environ.get("IDENTIFY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def rabbitmq() -> str:
+    try:
+        with kombu.Connection(AMQP_URL, connect_timeout=3) as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:  # any failure to reach it means: not here
+        pytest.skip(
+            f"no RabbitMQ answers at {AMQP_URL} ({type(exc).__name__}); the machines this project's CI runs on "
+            "start one as a service, so there the test runs; set IDENTIFY_TEST_AMQP_URL to use another"
+        )
+    return AMQP_URL
+
+
+def test_rabbitmq_as_the_broker_and_its_lost_messages_lose_nothing(
+    producer: IdentifyProducer, queue_config: QueueConfig, amplitude: LocalAmplitudeProcess,
+    start_worker: StartWorker, rabbitmq: str,
+) -> None:  # fmt: skip
+    # Given the queue on the cluster and Celery's broker on RabbitMQ, a worker draining slowly
+    users, per_user = 200, 6
+    producer.identify_many(seq_records(users, per_user))
+    amplitude.control(delay_ms=40)
+    first = start_worker(IDENTIFY_BROKER_URL=rabbitmq, IDENTIFY_BATCH_SIZE="10")
+    wait_until(lambda: status(queue_config)["delivered"] >= 100, 60, "a drain under way")
+    # When the worker is killed (the drain messages it had taken are gone: Celery acks on receipt)
+    # and every message still in RabbitMQ is purged as well
+    first.kill()
+    with kombu.Connection(rabbitmq) as connection:
+        purged = connection.default_channel.queue_purge(Keys(queue_config.namespace).celery_queue)
+    # Then a new worker finds every shard that has records (its sweep, once the dead drainers'
+    # leases expire) and delivers everything, in order: a wake-up message carries no records
+    amplitude.control()
+    start_worker(IDENTIFY_BROKER_URL=rabbitmq, IDENTIFY_LEASE_TTL_S="3")
+    wait_until(lambda: drained(queue_config), 120, "every update after the lost messages")
+    repeats = check_delivery(amplitude.accepted(), users, per_user)
+    assert status(queue_config)["dead_letter"] == 0
+    print(f"{purged} drain messages purged from RabbitMQ; {repeats} updates sent twice (batches in flight at the kill)")

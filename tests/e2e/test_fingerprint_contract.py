@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 
+from producers.contract.entry import shard_of
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from tests.support import StartWorker, drained, status, wait_until
@@ -37,8 +38,13 @@ def test_a_dead_lettered_users_fingerprint_is_cleared(
     start_worker()
     wait_until(lambda: drained(queue_config), 30, "night one delivered")
     assert status(queue_config)["dead_letter"] == 1
-    assert not redis_client.exists(Keys(queue_config.namespace).fingerprint("u:user-00007"))
-    assert redis_client.exists(Keys(queue_config.namespace).fingerprint("u:user-00008"))
+    keys = Keys(queue_config.namespace)
+
+    def fingerprint(user: str) -> str:
+        return keys.shard(shard_of(f"u:{user}", queue_config.shards)).fingerprint(f"u:{user}")
+
+    assert not redis_client.exists(fingerprint("user-00007"))
+    assert redis_client.exists(fingerprint("user-00008"))
     # Night two, same export: only the update that failed is sent again
     amplitude.control()
     assert nightly_import() == 1

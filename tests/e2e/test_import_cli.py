@@ -309,7 +309,7 @@ def test_the_python_api_alone(tmp_path: Path, queue_config: QueueConfig, queued:
     assert queued() == [{"user_id": "user-00001", "user_properties": {"$set": {"plan": "pro"}}}]
     with IdentifyProducer(queue_config) as producer:
         assert report.job is not None and report.job.startswith("users.csv-")
-        state = JobStore(producer.client, producer.keys).read(report.job)
+        state = JobStore(producer.client, producer.keys, queue_config.shards).read(report.job)
         assert state is not None and state.finished and (state.line, state.enqueued, state.rejected) == (3, 1, 1)
 
 

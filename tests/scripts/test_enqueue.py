@@ -37,7 +37,7 @@ def but_wake_ups(client: redis.Redis, keys: Keys) -> dict[bytes, Any]:
 def one_record_call(keys: Keys, shards: int, cap: int = 1000, shard: int = 0) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of an enqueue of one record into ``shard``, with no fingerprints and no job."""
     k = keys.shard(shard)
-    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0,
+    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0, 0,
                        shard, 1, 0, "", entry.tail("u:user-1", b"{}")]  # fmt: skip
     return [k.layout, k.queue, k.seq, k.total, k.minutes], args
 
@@ -119,34 +119,49 @@ def test_the_wake_up_is_due_after_the_linger_and_never_postponed(
 
 
 @pytest.mark.shards(2)
-def test_a_shard_s_cap_refuses_the_call_whole_and_writes_nothing(
+def test_the_cap_refuses_the_call_whole_and_writes_nothing(
     queue_config: QueueConfig, redis_client: redis.Redis, keys: Keys, namespace: str
 ) -> None:
-    # Given a cap of 6, that is 3 per shard, and shard 1 holding 2
-    producer = IdentifyProducer(replace(queue_config, max_queued=6), client=redis_client)
+    # Given a cap of 4 on one Redis (the whole queue's), and shard 1 holding 2, shard 0 none
+    producer = IdentifyProducer(replace(queue_config, max_queued=4), client=redis_client)
     a = users_in_shard(1, 2, 4)
     [b] = users_in_shard(0, 2, 1)
     producer.enqueue_chunk([valid(producer, a[0]), valid(producer, a[1])])
     for s in (0, 1):
         redis_client.hset(keys.shard(s).import_progress("nightly"), "run", "r1")
     before = but_wake_ups(redis_client, keys)
-    # When a chunk would bring shard 1 to 4, with fingerprints and a job's progress, shard 0's part first
+    # When a chunk would bring the queue to 5, with fingerprints and a job's progress, shard 0's part first
     with pytest.raises(QueueFull) as refused:
         producer.enqueue_chunk(
             [valid(producer, b), valid(producer, a[2]), valid(producer, a[3])], fingerprints=[b"fb", b"f2", b"f3"],
             fingerprint_ttl_ms=60_000, progress=JobProgress("nightly", "r1", line=3, offset=40), lines=[1, 2, 3],
         )  # fmt: skip
     # Then it is refused as a whole, shard 0's part too, and Redis is exactly as it was
-    assert (refused.value.queued, refused.value.cap, refused.value.shard, refused.value.enqueued) == (2, 3, 1, 0)
+    assert (refused.value.queued, refused.value.cap, refused.value.shard, refused.value.enqueued) == (2, 4, None, 0)
+    assert "the queue holds 2 records, IDENTIFY_MAX_QUEUED is 4" in str(refused.value)
     assert but_wake_ups(redis_client, keys) == before
-    # The script's own reply says so: {0, the shard, queued in it}, and it writes nothing at all
-    script_keys, args = one_record_call(keys, 2, cap=2, shard=1)
-    before_all = snapshot(redis_client, namespace)
-    assert Script(redis_client, "producers", "enqueue")(script_keys, args) == [0, 1, 2]
-    assert snapshot(redis_client, namespace) == before_all
-    # A chunk that fills shard 1 exactly is accepted
+    # A chunk that fills the queue exactly is accepted, however it falls on the shards
     assert producer.enqueue_chunk([valid(producer, b), valid(producer, a[2])]) == ChunkResult(2, 0, 0)
     assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"1", b"3")
+
+
+@pytest.mark.shards(2)
+@pytest.mark.parametrize("whole", [False, True])
+def test_the_script_checks_a_shard_s_share_or_the_whole_queue(
+    redis_client: redis.Redis, keys: Keys, namespace: str, whole: bool
+) -> None:
+    # Given shard 1 holding 2 records and shard 0 holding 1
+    redis_client.set(keys.shard(1).total, 2)
+    redis_client.set(keys.shard(0).total, 1)
+    script_keys, args = one_record_call(keys, 2, cap=3 if whole else 2, shard=1)
+    if whole:  # on one Redis: every shard's total ends KEYS, and ARGV[9] says how many
+        args[8] = 2
+        script_keys += [keys.shard(0).total, keys.shard(1).total]
+    before = snapshot(redis_client, namespace)
+    # Then one more record in shard 1 passes the cap: {0, the shard or -1 for the whole queue, queued}
+    reply = Script(redis_client, "producers", "enqueue")(script_keys, args)
+    assert reply == ([0, -1, 3] if whole else [0, 1, 2])
+    assert snapshot(redis_client, namespace) == before
 
 
 @pytest.mark.parametrize(
@@ -339,7 +354,7 @@ def test_the_script_takes_a_chunk_of_the_run_that_holds_the_shard_or_of_a_shard_
     script_keys, args = one_record_call(keys, 8)
     script_keys.insert(5, progress)  # after the shard's five keys, before any fingerprint
     args[4:8] = ["r1", 50_000, 1, 12]  # run, job TTL, the line and offset the chunk ends at
-    args[10] = 1  # the record's line
+    args[11] = 1  # the record's line
     before = snapshot(redis_client, namespace)
     enqueue = Script(redis_client, "producers", "enqueue")
     if not taken:

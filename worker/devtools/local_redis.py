@@ -6,6 +6,7 @@ files in its own directory, and runs with ``maxmemory-policy noeviction`` as pro
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
@@ -21,6 +22,10 @@ import redis
 from producers.contract.errors import ConfigError, StoreError
 from worker.devtools.tls import TlsFiles
 
+#: Ports this process has handed out: a port is free until its server binds it, so two calls in a row
+#: (a cluster's nodes and their bus ports) could otherwise both return it.
+_handed_out: set[int] = set()
+
 
 def free_port(*, stable: bool = False) -> int:
     """A free loopback port.  ``stable``: below the kernel's ephemeral range, for a server that
@@ -30,11 +35,14 @@ def free_port(*, stable: bool = False) -> int:
         low = _ephemeral_low()
         for _ in range(200):
             port = random.randrange(max(1024, low - 12000), low)
+            if port in _handed_out:
+                continue
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+                _handed_out.add(port)
                 return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,6 +109,9 @@ class LocalRedis:
                 except redis.ConnectionError:
                     if self.process.poll() is not None:
                         err = self.process.stderr.read().decode() if self.process.stderr else ""
+                        with contextlib.suppress(OSError):
+                            # redis-server writes why it stopped to its log file, not to stderr
+                            err += "\n".join(((self.dir / "redis.log").read_text().splitlines())[-5:])
                         self.stop()
                         raise StoreError(f"redis-server exited at start: {err.strip()}") from None
                     if time.monotonic() > deadline:

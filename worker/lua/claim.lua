@@ -11,8 +11,9 @@
 -- found).  Otherwise users whose wait has ended give their oldest waiting updates first (at most
 -- half the claim while the queue has entries too, so that one user's long backlog cannot stall
 -- everybody else), then the queue's head, up to the counts and bytes one request carries.  A wait
--- means nothing was claimed: the shard's own retry time has not come, or sending is blocked and the
--- next probe is not due (the first claim after it is the probe, and holds the next one back).
+-- means nothing was claimed: the shard's own retry time has not come.  Whether sending is blocked
+-- (and whether this drain is the probe) is asked once per drain, of the global slot, by
+-- drain_begin.lua: on a Redis Cluster a shard's script cannot read it.
 -- The drainer puts back behind a user's waiting updates whatever is newer than them.
 --! uses: waiting
 
