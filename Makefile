@@ -30,6 +30,7 @@ bench: bootstrap
 	$(VENV)/python -m bench.ingest
 	$(VENV)/python -m bench.stages
 	$(VENV)/python -m bench.backlog
+	$(VENV)/python -m bench.cluster
 	$(VENV)/python scripts/triage-transcript
 	$(VENV)/python scripts/readme-figures
 

@@ -36,12 +36,14 @@ import orjson
 import redis
 
 from bench.report import publish
+from producers.contract.connection import connect
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
 from producers.record import validate
 from worker.devtools.local_redis import LocalRedis
 from worker.devtools.local_stack import LocalAmplitudeProcess, WorkerProcess, cpu_seconds
+from worker.status import gather
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +55,7 @@ class Run:
     records: int
     seconds: float
     worker_cpu_s: float
+    redis_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -61,6 +64,19 @@ class Run:
     @property
     def cpu_us_per_record(self) -> float:
         return self.worker_cpu_s / self.records * 1e6
+
+    @property
+    def redis_us_per_record(self) -> float:
+        return self.redis_cpu_s / self.records * 1e6
+
+
+def redis_cpu_seconds(clients: list[redis.Redis]) -> float:
+    """User + system CPU of redis-server processes so far, as each reports it (INFO cpu)."""
+    total = 0.0
+    for client in clients:
+        info = client.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
 
 
 def make_records(count: int, users: int) -> list[dict[str, Any]]:
@@ -97,7 +113,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def run_ours(redis_url: str, server: LocalAmplitudeProcess, records: list[dict[str, Any]], *, workers: int,
              logs: Path, extra_env: dict[str, str] | None = None, name: str = "identify-queue",
-             delay_ms: int = 0) -> Run:  # fmt: skip
+             delay_ms: int = 0, redis_nodes: list[redis.Redis] | None = None) -> Run:  # fmt: skip
+    """One run of our worker; ``redis_url`` may be a Redis Cluster (then IDENTIFY_BROKER_URL goes in
+    ``extra_env``).  ``redis_nodes``: the servers whose CPU is counted (none: not measured)."""
     server.reset()
     if delay_ms:
         server.control(delay_ms=delay_ms)
@@ -107,25 +125,25 @@ def run_ours(redis_url: str, server: LocalAmplitudeProcess, records: list[dict[s
            **(extra_env or {})}  # fmt: skip
     worker = WorkerProcess(env, name=f"bench-{time.monotonic_ns()}", concurrency=workers,
                            log_path=logs / "ours.log").start()  # fmt: skip
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
+    keys = Keys(config.namespace)
     try:
-        wait_for(lambda: client.zcard(f"{config.namespace}:workers") > 0, 60, "our worker")
-        cpu0 = cpu_seconds(worker.pid)
+        wait_for(lambda: client.zcard(keys.workers) > 0, 60, "our worker")
+        cpu0, redis0 = cpu_seconds(worker.pid), redis_cpu_seconds(redis_nodes or [])
         started = time.perf_counter()
         with IdentifyProducer(config) as producer:
             producer.identify_many(records)
-        # Wait for the queue, not the server: with merging, the server gets fewer identifications.
-        total_key = Keys(config.namespace).total
-        wait_for(lambda: int(client.get(total_key) or 0) == 0, 600, "our queue to drain")
+            # Wait for the queue, not the server: with merging, the server gets fewer identifications.
+            wait_for(lambda: producer.queued() == 0, 600, "our queue to drain")
         elapsed = time.perf_counter() - started
-        delivered = int(client.hget(Keys(config.namespace).stats, "delivered") or 0)
+        delivered = gather(client, keys, config.shards)["delivered"]
         if delivered != len(records):
             raise RuntimeError(f"{delivered} of {len(records)} records delivered")
-        cpu = cpu_seconds(worker.pid) - cpu0
+        cpu, redis_cpu = cpu_seconds(worker.pid) - cpu0, redis_cpu_seconds(redis_nodes or []) - redis0
     finally:
         worker.stop()
         client.close()
-    return Run(name, len(records), elapsed, cpu)
+    return Run(name, len(records), elapsed, cpu, redis_cpu)
 
 
 class BaselineWorker:

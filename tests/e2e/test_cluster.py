@@ -242,6 +242,23 @@ def test_a_worker_on_a_cluster_without_a_broker_url_says_what_to_set(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_urls_that_cannot_work_are_refused_with_one_line_naming_the_variable(
+    queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, broker: LocalRedis, cluster: LocalCluster,
+) -> None:  # fmt: skip
+    # Several hosts that are not a cluster (two standalone Redis): which one is meant is unknowable
+    standalone = dataclasses.replace(queue_config, redis_url=f"redis://127.0.0.1:{broker.port},127.0.0.1:{broker.port}/0")
+    for command in (["status"], ["enqueue", "--user-id", "user-00001", "--set", "seq=0"]):
+        result = cli(standalone, amplitude, *command)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "REDIS_URL names several hosts" in result.stderr and "not a Redis Cluster node" in result.stderr
+    # The cluster itself as Celery's broker
+    result = cli(queue_config, amplitude, "worker", IDENTIFY_METRICS_PORT="0", IDENTIFY_BROKER_URL=cluster.url)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "IDENTIFY_BROKER_URL" in result.stderr
+
+
 # -- helpers --------------------------------------------------------------------------------------
 def _arrival_times(amplitude: LocalAmplitudeProcess) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
