@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -134,6 +135,23 @@ class QuickReconnect(Connection):
         return super().ensure_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
+#: Held by the dispatcher thread while it publishes, and by the main thread across each fork.
+_publishing = threading.Lock()
+# The pool forks its processes from the main process while the dispatcher thread may be publishing
+# through kombu's Redis connection pool.  A fork taken while that thread held one of the pool's locks
+# gave the child a lock nobody would release, and kombu's after-fork cleanup in the child waits on it:
+# the pool process never started, never read its stop sentinel, and a warm shutdown waited for it
+# forever.  So no fork happens in the middle of a publish.
+os.register_at_fork(before=_publishing.acquire, after_in_parent=_publishing.release,
+                    after_in_child=_publishing.release)  # fmt: skip
+
+
+def send_drain(app: Celery, shard: int) -> None:
+    """Publish a drain task for ``shard``: what the dispatcher thread does with the broker."""
+    with _publishing:
+        app.tasks[TASK_NAME].apply_async((shard,), queue=app.conf.task_default_queue)
+
+
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery's broker settings: IDENTIFY_BROKER_URL (by default REDIS_URL) in any form of it."""
     keys = Keys(settings.queue.namespace)
@@ -183,9 +201,6 @@ def create_app(settings: Settings) -> Celery:
     def drain(shard: int) -> None:
         process_drainer(settings).drain(int(shard))
 
-    def send(shard: int) -> None:
-        drain.apply_async((shard,), queue=keys.celery_queue)
-
     class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]
         """Runs the dispatcher thread in the worker's main process, beside the pool."""
 
@@ -198,7 +213,7 @@ def create_app(settings: Settings) -> Celery:
                 connect(settings.queue.redis_url),
                 keys,
                 settings.queue.shards,
-                send,
+                lambda shard: send_drain(app, shard),
                 sweep_interval_s=min(5.0, settings.lease_ttl_s / 2),
                 task_grace_s=settings.lease_ttl_s,
                 node=getattr(parent, "hostname", None),
