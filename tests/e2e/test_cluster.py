@@ -246,7 +246,9 @@ def test_urls_that_cannot_work_are_refused_with_one_line_naming_the_variable(
     queue_config: QueueConfig, amplitude: LocalAmplitudeProcess, broker: LocalRedis, cluster: LocalCluster,
 ) -> None:  # fmt: skip
     # Several hosts that are not a cluster (two standalone Redis): which one is meant is unknowable
-    standalone = dataclasses.replace(queue_config, redis_url=f"redis://127.0.0.1:{broker.port},127.0.0.1:{broker.port}/0")
+    standalone = dataclasses.replace(
+        queue_config, redis_url=f"redis://127.0.0.1:{broker.port},127.0.0.1:{broker.port}/0"
+    )
     for command in (["status"], ["enqueue", "--user-id", "user-00001", "--set", "seq=0"]):
         result = cli(standalone, amplitude, *command)
         assert result.returncode != 0 and "Traceback" not in result.stderr
