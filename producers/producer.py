@@ -86,6 +86,7 @@ class IdentifyProducer:
         self._wake_script = Script(self._redis, "producers", "wake")
         self._layout = f"{self.config.shards}|{LAYOUT_VERSION}"
         self._layout_checked = False
+        self._layout_recorded = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IdentifyProducer:
@@ -203,7 +204,17 @@ class IdentifyProducer:
                     if not isinstance(reply, Exception) and int(reply[0]) == 1]  # fmt: skip
             if done:
                 self._wake(self._wake_call(done).args, "wake the drains")
-        return self._result(replies[: len(parts)], len(records))
+        result = self._result(replies[: len(parts)], len(records))
+        if result.enqueued and not self._layout_recorded:
+            # The first producer or worker of a queue records its layout, once it has written to it;
+            # everyone after is checked against it (_check_layout).
+            with store_errors("record the queue layout"):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.hsetnx(self.keys.meta, "shards", str(self.config.shards))
+                pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
+                pipe.execute()
+            self._layout_recorded = True
+        return result
 
     def _enqueue_call(
         self, part: list[tuple[int, list[int]]], records: Sequence[ValidRecord], fingerprints: Sequence[bytes] | None,
@@ -276,12 +287,7 @@ class IdentifyProducer:
         if self._layout_checked:
             return
         with store_errors("read the queue layout"):
-            # the first producer or worker of a queue sets its layout; everyone after is checked against it
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.hsetnx(self.keys.meta, "shards", str(self.config.shards))
-            pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
-            pipe.hmget(self.keys.meta, ["shards", "layout"])
-            stored = pipe.execute()[-1]
+            stored = self._redis.hmget(self.keys.meta, ["shards", "layout"])
         shards, layout = (v.decode() if isinstance(v, bytes) else v for v in stored)
         if shards is not None and (shards != str(self.config.shards) or layout != LAYOUT_VERSION):
             raise mismatch(self.config.shards, {"shards": shards, "layout": layout or ""})

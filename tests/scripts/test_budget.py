@@ -29,7 +29,12 @@ def k(keys: Keys) -> ShardKeys:
 
 
 def counts(client: redis.Redis, k: ShardKeys, slot: int) -> dict[str, str]:
-    return text_hash(client, k.budget(slot))
+    """A slot's counts per user, without its mark."""
+    return {u: n for u, n in text_hash(client, k.budget(slot)).items() if u != "#max"}
+
+
+def mark(client: redis.Redis, k: ShardKeys, slot: int) -> int:
+    return int(client.hget(k.budget(slot), "#max") or 0)
 
 
 def test_what_is_within_the_budget_is_counted_in_the_current_slot(
@@ -41,6 +46,7 @@ def test_what_is_within_the_budget_is_counted_in_the_current_slot(
     assert reservation.limited == {}
     assert reserved == {"u:a": 2, "u:b": 3}
     assert counts(redis_client, k, CURRENT) == {"u:a": "1", "u:b": "3"}
+    assert mark(redis_client, k, CURRENT) == 3  # the highest count in the slot
     # the slot outlives the six after it, during which it is still summed
     assert budget.ttl_ms == SLOT_MS * (SLOTS + 2)
     assert budget.ttl_ms - 1000 < pttl(redis_client, k.budget(CURRENT)) <= budget.ttl_ms
@@ -92,3 +98,54 @@ def test_a_refund_gives_back_what_was_not_sent_and_drops_emptied_users(
     # more than was counted (the slot expired meanwhile and was written again) leaves nothing below 0
     Script(redis_client, "worker", "budget_refund")([slot], ["u:a", 5])
     assert counts(redis_client, k, CURRENT) == {"u:c": "1"}
+
+
+@pytest.mark.parametrize(
+    ("marks", "wanted", "read_every_slot"),
+    [
+        # the marks of the seven slots plus the most one user wants, against LIMIT = 3
+        ({}, {"u:a": 1, "u:b": 1}, False),
+        ({CURRENT - 6: 1}, {"u:a": 2}, False),  # 1 + 2 <= 3: nobody can pass, the current slot only
+        ({CURRENT - 6: 1, CURRENT: 1}, {"u:a": 2}, True),  # 2 + 2 > 3: each user counted
+        ({CURRENT - 7: 3}, {"u:a": 3}, False),  # a slot no longer summed does not count
+    ],
+)
+def test_the_marks_skip_the_older_slots_only_when_nobody_can_reach_the_limit(
+    redis_client: redis.Redis, k: ShardKeys, marks: dict[int, int], wanted: dict[str, int], read_every_slot: bool
+) -> None:
+    # Given slots whose mark is set (on another user, z, so that a and b have nothing counted)
+    for slot, high in marks.items():
+        redis_client.hset(k.budget(slot), mapping={"u:z": high, "#max": high})
+    budget = BudgetStore(redis_client, LIMIT, WINDOW_S)
+    redis_client.config_resetstat()
+    reservation = budget.reserve(k, wanted, NOW, {})
+    # Then the decision is the exact one either way (a and b have nothing counted: all may go)
+    assert reservation.limited == {}
+    assert counts(redis_client, k, CURRENT) == {**({"u:z": str(marks[CURRENT])} if CURRENT in marks else {}),
+                                                **{u: str(n) for u, n in wanted.items()}}  # fmt: skip
+    # and the older slots were read per user only when a user might have been near the limit
+    calls = redis_client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+    assert calls == (SLOTS + 1 if read_every_slot else 1)
+
+
+def test_a_mark_stays_a_bound_after_a_refund_so_the_decision_stays_exact(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    # Given a that was counted 3 (its slot's mark 3) and refunded 2: its count is 1, the mark stays 3
+    budget.reserve(k, {"u:a": 3}, NOW, {})
+    budget.refund(k.budget(CURRENT), {"u:a": 2})
+    assert (counts(redis_client, k, CURRENT), mark(redis_client, k, CURRENT)) == ({"u:a": "1"}, 3)
+    # When a wants 3 more, the marks say it might pass, so it is counted exactly: 2 may go
+    reservation = budget.reserve(k, {"u:a": 3}, NOW, {})
+    assert reservation.limited["u:a"].allowed == 2
+    assert counts(redis_client, k, CURRENT) == {"u:a": "3"}
+
+
+def test_a_slot_without_a_mark_is_counted_user_by_user(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    # Given a slot written before slots had marks (an upgrade): a has 3, the limit, in it
+    redis_client.hset(k.budget(CURRENT - 2), "u:a", 3)
+    # Then a is counted exactly and may have nothing, whatever the other slots' marks say
+    reservation = budget.reserve(k, {"u:a": 1, "u:b": 1}, NOW, {})
+    assert reservation.limited["u:a"].allowed == 0 and "u:b" not in reservation.limited

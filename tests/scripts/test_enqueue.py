@@ -66,10 +66,12 @@ def test_entries_are_numbered_per_shard_and_stamped_with_redis_time(
     ]
     assert shard1 == [entry.encode(f"u:{b}", records[1].data, 1, stamp)]
     assert (redis_client.get(keys.shard(0).seq), redis_client.get(keys.shard(1).seq)) == (b"3", b"1")
-    # each shard counts its own total and records the layout it was written with; meta is the workers'
+    # each shard counts its own total and records the layout it was written with, and the queue's
+    # layout is recorded once written to, for the producers and workers after (a shard they would
+    # write may be one this producer never wrote)
     assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"3", b"1")
     assert {redis_client.get(keys.shard(s).layout) for s in (0, 1)} == {f"2|{LAYOUT_VERSION}".encode()}
-    assert redis_client.exists(keys.meta) == 0
+    assert text_hash(redis_client, keys.meta) == {"shards": "2", "layout": LAYOUT_VERSION}
     # each shard is due at once (no linger recorded), and one kick wakes the dispatcher
     woken = scored(redis_client, keys.wakeups)
     assert [s for s, _ in woken] == ["0", "1"] and all(stamp <= t <= redis_ms(redis_client) for _, t in woken)
