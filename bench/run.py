@@ -1,4 +1,5 @@
-"""The benchmark: identify-queue against two Celery baselines, side by side in one run.
+"""The benchmark: identify-queue against three baselines, side by side in one run: two Celery ones
+(bench/baselines.py) and a pipeline with no duties at all (bench/reference.py), the ceiling.
 
     python -m bench.run                      # what `make bench` runs
     python -m bench.run --records 20000 --repeats 1   # a quick look
@@ -197,6 +198,39 @@ def run_baseline(kind: str, redis_url: str, server: LocalAmplitudeProcess, recor
     return Run(f"baseline ({kind})", len(records), elapsed, cpu)
 
 
+def run_reference(redis_url: str, server: LocalAmplitudeProcess, records: list[dict[str, Any]], *, workers: int,
+                  logs: Path) -> Run:  # fmt: skip
+    """Baseline (c), bench/reference.py: ``workers`` plain processes with none of our duties."""
+    server.reset()
+    client = redis.Redis.from_url(redis_url)
+    key = f"reference-{time.monotonic_ns()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(logs / "reference.log", "ab") as out:
+        processes = [subprocess.Popen([sys.executable, "-m", "bench.reference", redis_url, key, server.identify_url,
+                                       API_KEY], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                     for _ in range(workers)]  # fmt: skip
+    try:
+        wait_for(lambda: int(client.get(f"{key}:ready") or 0) == workers, 60, "the reference processes")
+        cpu0 = sum(cpu_seconds(p.pid) for p in processes)
+        started = time.perf_counter()
+        for start in range(0, len(records), 1000):
+            client.rpush(key, *[orjson.dumps(r) for r in records[start : start + 1000]])
+            client.rpush(f"{key}:more", 1)
+        wait_accepted(server, len(records), 900)
+        elapsed = time.perf_counter() - started
+        cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu0
+    finally:
+        client.set(f"{key}:stop", 1)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        client.delete(key, f"{key}:more", f"{key}:stop", f"{key}:ready")
+        client.close()
+    return Run("baseline (c)", len(records), elapsed, cpu)
+
+
 def median_run(runs: list[Run]) -> dict[str, float]:
     return {
         "records": runs[0].records,
@@ -223,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = make_records(args.records, args.users)
     logs = Path(tempfile.mkdtemp(prefix="identify-queue-bench-"))
-    results: dict[str, list[Run]] = {"ours": [], "ours_no_budget": [], "a": [], "b": []}
+    results: dict[str, list[Run]] = {"ours": [], "ours_no_budget": [], "a": [], "b": [], "c": []}
     with LocalRedis() as local_redis:
         os.environ["BENCH_REDIS_URL"] = local_redis.url
         server = LocalAmplitudeProcess(api_key=API_KEY, log_path=logs / "server.log").start()
@@ -232,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for repeat in range(args.repeats):
                 print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr)
-                for kind in ("ours", "ours_no_budget", "b", "a"):
+                for kind in ("ours", "ours_no_budget", "c", "b", "a"):
                     if kind == "ours":
                         run = run_ours(local_redis.url, server, records, workers=args.workers, logs=logs)
+                    elif kind == "c":
+                        run = run_reference(local_redis.url, server, records, workers=args.workers, logs=logs)
                     elif kind == "ours_no_budget":
                         run = run_ours(local_redis.url, server, records, workers=args.workers, logs=logs,
                                        extra_env={"IDENTIFY_USER_UPDATES_PER_HOUR": "0"},
@@ -249,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
     summary = {kind: median_run(runs) for kind, runs in results.items()}
-    ours, bare, a, b = summary["ours"], summary["ours_no_budget"], summary["a"], summary["b"]
+    ours, bare, a, b, c = summary["ours"], summary["ours_no_budget"], summary["a"], summary["b"], summary["c"]
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Command: `{command.strip()}` ({args.repeats} runs each, medians; {args.workers} worker processes; "
@@ -258,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         "| contender | records | end-to-end records/s | worker CPU us/record | identify-queue is |",
         "|---|---:|---:|---:|---|",
         f"| identify-queue (durable, ordered; defaults: hourly budget guard on) | {ours['records']:,} | "
-        f"{ours['rate']:,.0f} | {ours['cpu_us_per_record']:.1f} | |",
+        f"{ours['rate']:,.0f} | {ours['cpu_us_per_record']:.1f} | {ours['rate'] / c['rate']:.2f}x baseline (c) |",
         f"| identify-queue with IDENTIFY_USER_UPDATES_PER_HOUR=0 (no budget guard) | {bare['records']:,} | "
-        f"{bare['rate']:,.0f} | {bare['cpu_us_per_record']:.1f} | {bare['rate'] / a['rate']:.0f}x baseline (a), "
-        f"{bare['rate'] / b['rate']:.2f}x baseline (b) |",
+        f"{bare['rate']:,.0f} | {bare['cpu_us_per_record']:.1f} | {bare['rate'] / c['rate']:.2f}x baseline (c), "
+        f"{bare['rate'] / a['rate']:.0f}x baseline (a), {bare['rate'] / b['rate']:.2f}x baseline (b) |",
+        f"| baseline (c): no duties (pop 1,000 raw records, join, POST; bench/reference.py) | {c['records']:,} | "
+        f"{c['rate']:,.0f} | {c['cpu_us_per_record']:.1f} | the ceiling: what the guarantees cost is the gap |",
         f"| baseline (b): Celery task per batch | {b['records']:,} | {b['rate']:,.0f} | "
         f"{b['cpu_us_per_record']:.1f} | {ours['rate'] / b['rate']:.2f}x as fast, "
         f"{b['cpu_us_per_record'] / ours['cpu_us_per_record']:.2f}x less CPU |",
