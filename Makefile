@@ -32,6 +32,7 @@ bench: bootstrap
 	$(VENV)/python -m bench.backlog
 	$(VENV)/python -m bench.cluster
 	$(VENV)/python -m bench.flat
+	$(VENV)/python -m bench.budget
 	$(VENV)/python scripts/triage-transcript
 	$(VENV)/python scripts/readme-figures
 
