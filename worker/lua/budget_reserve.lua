@@ -23,10 +23,11 @@ local current_key = KEYS[#KEYS]
 
 -- Count what goes in the current slot, and raise the slot's mark (the highest count of any user in
 -- it: a bound, since a refund lowers a count and never the mark).
-local function count(column, allowed_of)
+-- ``allowed``: per user, what may go; nil: all that each wants.
+local function count(column, allowed_by_user)
   local updates, high = {}, tonumber(redis.call('HGET', current_key, '#max') or '0')
   for u = 1, n do
-    local allowed = allowed_of(u)
+    local allowed = allowed_by_user and allowed_by_user[u] or (wanted[u] or 1)
     if allowed > 0 then
       local value = tonumber(column[u] or 0) + allowed
       if value > high then high = value end
@@ -46,29 +47,34 @@ end
 -- every user's count in it, so when the marks and the most anyone wants stay within the limit, every
 -- user may have all it wants, the same decision as counting each one, and only the current slot
 -- is read.  Reading six older slots for every user was most of the drain's Redis time.
-local marks = 0
+local marks, present = 0, {}
 for s = 1, #KEYS do
   local high = redis.call('HGET', KEYS[s], '#max')
   if high then
     marks = marks + tonumber(high)
+    present[s] = true
   elseif redis.call('EXISTS', KEYS[s]) == 1 then
     marks = limit  -- counts without a mark (written before marks existed): count each user
+    present[s] = true
   end
 end
 if marks + most <= limit then
-  count(redis.call('HMGET', current_key, unpack(ARGV, 4, 3 + n)), function(u) return wanted[u] or 1 end)
+  count(present[#KEYS] and redis.call('HMGET', current_key, unpack(ARGV, 4, 3 + n)) or {}, nil)
   return {}
 end
 
--- slot by slot: most users have nothing in most slots, and an empty field costs no conversion
-local totals, current = {}, nil
+-- slot by slot, the slots that exist: most users have nothing in most slots, and an empty field
+-- costs no conversion
+local totals, current = {}, {}
 for s = 1, #KEYS do
-  local column = redis.call('HMGET', KEYS[s], unpack(ARGV, 4, 3 + n))
-  for u = 1, n do
-    local v = column[u]
-    if v then totals[u] = (totals[u] or 0) + tonumber(v) end
+  if present[s] then
+    local column = redis.call('HMGET', KEYS[s], unpack(ARGV, 4, 3 + n))
+    for u = 1, n do
+      local v = column[u]
+      if v then totals[u] = (totals[u] or 0) + tonumber(v) end
+    end
+    if s == #KEYS then current = column end
   end
-  if s == #KEYS then current = column end
 end
 local allowed, out = {}, {}
 for u = 1, n do
@@ -77,8 +83,10 @@ for u = 1, n do
   if allowed[u] < want then
     out[#out + 1] = u - 1
     out[#out + 1] = allowed[u]
-    for s = 1, #KEYS do out[#out + 1] = tonumber(redis.call('HGET', KEYS[s], ARGV[3 + u]) or 0) end
+    for s = 1, #KEYS do
+      out[#out + 1] = present[s] and tonumber(redis.call('HGET', KEYS[s], ARGV[3 + u]) or 0) or 0
+    end
   end
 end
-count(current, function(u) return allowed[u] end)
+count(current, allowed)
 return out
