@@ -55,7 +55,9 @@ def create_app(settings: ConsoleSettings, client: redis.Redis | None = None) -> 
     app.config.update(
         SESSION_COOKIE_NAME="identify_console",
         SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
+        # Lax, not Strict: a link to the console from a runbook or an alert arrives signed in, while a
+        # POST from another site still comes without the cookie.
+        SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=1_000_000,
         # A list of 5,000 selected ids is one form; werkzeug's default of 1,000 fields would refuse it.
         MAX_FORM_PARTS=20_000,
@@ -95,7 +97,9 @@ class Console:
         self.shards = settings.queue.shards
 
     def common(self) -> dict[str, Any]:
-        return {"read_only": self.settings.read_only, "csrf_token": _csrf_token(), "clock": data.clock,
+        # csrf_token is called by the forms that need it: a page without a form (an error shown to a
+        # request without the cookie) then sets no cookie, so it cannot sign anyone out.
+        return {"read_only": self.settings.read_only, "csrf_token": _csrf_token, "clock": data.clock,
                 "signed_in": self.settings.token_digest is not None and session.get("auth") is True,
                 "namespace": self.settings.queue.namespace}  # fmt: skip
 
@@ -223,7 +227,8 @@ def _headers(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # Not no-referrer: under it a browser sends ``Origin: null`` with the console's own forms.
+    response.headers["Referrer-Policy"] = "same-origin"
     if request.endpoint != "static":
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -304,9 +309,10 @@ def _check_csrf() -> None:
 
 
 def _check_origin() -> None:
-    """A browser names the page a POST comes from; one from another site is refused outright."""
+    """A browser names the page a POST comes from; one from another site is refused outright, and so
+    is ``null`` (a sandboxed frame or a local file), which the console's own pages never send."""
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+    if origin is not None and urlsplit(origin).netloc != request.host:
         abort(HTTPStatus.FORBIDDEN, "a form from another site cannot act on this console")
 
 
