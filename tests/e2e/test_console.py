@@ -173,6 +173,8 @@ def test_overview_follows_a_live_worker_without_a_reload(
     assert page.evaluate("window.__same_page") is True  # refreshed in place, not reloaded
     assert page.inner_text("#queued") == "0" and page.inner_text("#enqueued") == "300"
     assert "not blocked" in page.inner_text("#blocked")
+    by_status = dict(r.split("\t") for r in page.inner_text("#requests-by-status").splitlines()[1:])
+    assert set(by_status) == {"200"} and by_status["200"] == page.inner_text("#requests")
     # the chart's last minute has the deliveries: its line leaves the baseline
     points = str(page.get_attribute("#chart polyline.delivered", "points")).split()
     assert len(points) == 60 and float(points[-1].split(",")[1]) < 180
