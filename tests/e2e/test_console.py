@@ -199,6 +199,15 @@ def test_waiting_users_shows_who_waits_until_when(
     left = re.search(r"\(in (\d+) s\)", rows[0][2])
     assert left and 30 < int(left.group(1)) <= 60, rows[0][2]
     assert page.locator("#waiting img").count() == 0 and page.evaluate("window.__xss") is None
+    # sending blocked, as the block script leaves it (worker/lua/block.lua), with markup in the detail
+    redis_client.hset(keys.blocked, mapping={"since_ms": now_ms, "probes": 2, "reason": "config_error", "status": 401,
+                                             "detail": XSS_SCRIPT, "next_probe_ms": now_ms + 30_000})  # fmt: skip
+    page.goto(console.url + "/")
+    shown = page.inner_text("#blocked")
+    assert "BLOCKED" in shown and "config_error (HTTP 401)" in shown and XSS_SCRIPT in shown and "2 probe(s)" in shown
+    assert page.evaluate("window.__xss") is None
+    # the overview's refresh, once signed out, answers 401 rather than a sign-in form
+    assert requests.get(console.url + "/overview/live", allow_redirects=False, timeout=10).status_code == 401
 
 
 def test_dead_letters_filter_and_replay_a_selection_that_is_delivered(

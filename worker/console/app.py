@@ -45,6 +45,9 @@ CSP = (
 )
 #: Reachable without signing in: the sign-in page and what it is drawn with.
 PUBLIC = {"login", "static", "healthz"}
+#: Read by scripts and by the overview's own refresh: without a session they answer 401 (which the
+#: page's script turns into a reload, hence the sign-in page) instead of redirecting to a form.
+NOT_PAGES = {"overview_live", "overview_json"}
 #: How many ids a confirmation page lists before it says "and N more".
 SHOWN_IDS = 50
 
@@ -112,7 +115,7 @@ class Console:
             return None
         how = _authenticated(self.settings.token_digest)
         if how is None:
-            if request.method == "GET" and not request.path.startswith("/api/"):
+            if request.method == "GET" and request.endpoint not in NOT_PAGES:
                 return redirect(url_for("login", next=request.full_path.rstrip("?")))
             abort(HTTPStatus.UNAUTHORIZED, "sign in with the console's token (IDENTIFY_CONSOLE_TOKEN)")
         if request.method == "POST":
