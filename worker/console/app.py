@@ -21,6 +21,7 @@ import hmac
 import logging
 import secrets
 from http import HTTPStatus
+from itertools import islice
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -181,10 +182,16 @@ class Console:
                                    total=self.queue.count(), reasons=REASONS, user_of=data.user_of), 400  # fmt: skip
         docs: list[dict[str, Any]] = []
         matching = 0
-        for doc in wanted.entries(self.queue):
-            matching += 1
-            if len(docs) < self.settings.page_size:
-                docs.append(doc)
+        if wanted.by_reason_only:
+            # The counts say how many match: only the listed page is read, however long the queue.
+            counts = data.dead_letters_by_reason(self.store, self.keys, self.shards)
+            matching = counts.get(wanted.reason, 0) if wanted.reason else sum(counts.values())
+            docs = list(islice(wanted.entries(self.queue), self.settings.page_size))
+        else:
+            for doc in wanted.entries(self.queue):
+                matching += 1
+                if len(docs) < self.settings.page_size:
+                    docs.append(doc)
         return render_template("dead_letters.html", f=wanted.fields(), error=None, docs=docs, matching=matching,
                                total=self.queue.count(), reasons=REASONS, user_of=data.user_of)  # fmt: skip
 

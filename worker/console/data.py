@@ -101,6 +101,21 @@ def waiting_users(client: redis.Redis, keys: Keys, shards: int, limit: int) -> t
     return users[:limit], total
 
 
+def dead_letters_by_reason(client: redis.Redis, keys: Keys, shards: int) -> dict[str, int]:
+    """The shards' dead-letter counts by reason, summed: what a filter by reason alone matches,
+    known without reading the entries."""
+    with store_errors("count dead letters"):
+        pipe = client.pipeline(transaction=False)
+        for s in range(shards):
+            pipe.hgetall(keys.shard(s).dlq_counts)
+        replies = pipe.execute()
+    out: dict[str, int] = {}
+    for counts in replies:
+        for reason, n in counts.items():
+            out[reason.decode()] = out.get(reason.decode(), 0) + int(n)
+    return out
+
+
 class BadFilter(ValueError):
     """A filter field the console cannot read; the message names the field."""
 
@@ -133,6 +148,10 @@ class Filter:
     def narrower_than_selection(self) -> bool:
         """Whether entries of ``selection`` must still be checked one by one (user prefix, end of range)."""
         return bool(self.user) or self.until_ms is not None
+
+    @property
+    def by_reason_only(self) -> bool:
+        return not (self.user or self.since_ms is not None or self.until_ms is not None)
 
     def fields(self) -> dict[str, str]:
         return {"reason": self.reason, "user": self.user, "since": self.since, "until": self.until}
