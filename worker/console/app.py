@@ -3,7 +3,7 @@
 Guards, in the order a request meets them:
 
 - authentication: the operator signs in once with ``IDENTIFY_CONSOLE_TOKEN`` (compared as SHA-256
-  digests in constant time); the session is a signed cookie (HttpOnly, SameSite=Strict) whose key is
+  digests in constant time); the session is a signed cookie (HttpOnly, SameSite=Lax) whose key is
   drawn at start, so a restart signs everyone out.  Scripts may send ``Authorization: Bearer`` to
   read, never to act.
 - CSRF: every POST carries the session's random token in a form field, compared in constant time,
@@ -63,7 +63,8 @@ def create_app(settings: ConsoleSettings, client: redis.Redis | None = None) -> 
         # POST from another site still comes without the cookie.
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=1_000_000,
-        # A list of 5,000 selected ids is one form; werkzeug's default of 1,000 fields would refuse it.
+        # A list of 5,000 selected ids is one form; werkzeug's default of 1,000 fields would refuse it
+        # (a setting since Flask 3.1).
         MAX_FORM_PARTS=20_000,
     )
     app.add_template_filter(_pretty_json, "tojson_pretty")
@@ -202,6 +203,9 @@ class Console:
             found = [doc["id"] for doc in self.queue.entries(Selection(ids=tuple(ids)))]
         else:
             found = [doc["id"] for doc in wanted.entries(self.queue)]
+        if not found:
+            flash(f"nothing to {action}: none of those dead letters is there any more")
+            return redirect(_dead_letters_url(wanted), code=303)
         return render_template("confirm.html", action=action, ids=ids, found=found[:SHOWN_IDS], count=len(found),
                                f=wanted.fields())  # fmt: skip
 
