@@ -153,6 +153,11 @@ def test_http_answers_without_a_browser(start_console: StartConsole) -> None:
                           data={"action": "purge", "scope": "filter", "confirmed": "yes"}, timeout=10)  # fmt: skip
     assert acted.status_code == 403
     assert requests.get(console.url + "/healthz", timeout=10).text == "ok\n"
+    # Redis unreachable: one line saying so, never a traceback (each call costs redis-py's retries, ~4 s)
+    down = start_console(REDIS_URL="redis://127.0.0.1:1/0")
+    answer = requests.get(down.url + "/api/overview", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert answer.status_code == 503 and "Redis is unreachable" in answer.json()["error"]
+    assert "Traceback" not in down.output()
     # without authentication, asked for: pages open at once, and actions still need the CSRF token
     open_console = start_console("--insecure-no-auth", IDENTIFY_CONSOLE_TOKEN="")
     with requests.Session() as browser_like:

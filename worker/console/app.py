@@ -248,20 +248,25 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def _http_error(exc: HTTPException) -> tuple[str, int]:
-    code = exc.code or 500
-    return render_template("error.html", code=code, title=HTTPStatus(code).phrase, message=exc.description), code
+def _http_error(exc: HTTPException) -> Any:
+    return _error(exc.code or 500, HTTPStatus(exc.code or 500).phrase, exc.description or "")
 
 
-def _store_error(exc: StoreError) -> tuple[str, int]:
+def _store_error(exc: StoreError) -> Any:
     log.warning("%s %s: %s", request.method, request.path, exc)
-    return render_template("error.html", code=503, title="Redis unreachable", message=str(exc)), 503
+    return _error(503, "Redis unreachable", str(exc))
 
 
-def _internal(exc: Exception) -> tuple[str, int]:
+def _internal(exc: Exception) -> Any:
     log.exception("%s %s: unexpected error", request.method, request.path)
-    return render_template("error.html", code=500, title="Internal error",
-                           message="the console's log has the details"), 500  # fmt: skip
+    return _error(500, "Internal error", "the console's log has the details")
+
+
+def _error(code: int, title: str, message: str) -> Any:
+    """An error as one line: JSON for the API, a page for people; never a traceback."""
+    if request.path.startswith("/api/"):
+        return jsonify({"error": message or title}), code
+    return render_template("error.html", code=code, title=title, message=message), code
 
 
 def _dead_letters_url(wanted: data.Filter) -> str:
