@@ -45,6 +45,7 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
     per_shard = []
     total = dlq_len = delivered = dead_lettered = replayed = requests = 0
     dlq_counts: dict[str, int] = {}
+    by_status: dict[str, int] = {}
     last_delivery_ms: int | None = None
     last_error: tuple[int, str] | None = None
     recent = 0
@@ -69,6 +70,9 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         dead_lettered += int(st.get("dead_lettered", 0))
         replayed += int(st.get("replayed", 0))
         requests += int(st.get("requests", 0))
+        for name, value in st.items():
+            if name.startswith("status:"):
+                by_status[name[7:]] = by_status.get(name[7:], 0) + int(value)
         if "last_delivery_ms" in st:
             last_delivery_ms = max(last_delivery_ms or 0, int(st["last_delivery_ms"]))
         if "last_error" in st:
@@ -95,6 +99,8 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "replayed": replayed,
         "delivery_rate_per_s": round(recent / rate_window_s, 1),
         "requests": requests,
+        # HTTP status (or no_answer) -> requests; counted since the workers that write it were deployed
+        "requests_by_status": dict(sorted(by_status.items())),
         "last_delivery_ms": last_delivery_ms,
         "last_error": last_error[1] if last_error else None,
         "blocked": _blocked(_text_map(blocked)),

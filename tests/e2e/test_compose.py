@@ -65,7 +65,9 @@ def test_the_image_installs_the_package_and_runs_the_command() -> None:
 
 def test_the_full_stack_is_there(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) >= {"redis", "worker", "ingest", "flower", "local-amplitude"}
+    assert set(services) >= {"redis", "worker", "ingest", "console", "flower", "local-amplitude"}
+    assert services["console"]["command"][0] == "console"
+    assert "IDENTIFY_CONSOLE_TOKEN" in services["console"]["environment"]
     assert services["ingest"]["command"][0] == "serve"
     assert "IDENTIFY_INGEST_TOKEN" in services["ingest"]["environment"]
     assert services["flower"]["entrypoint"][:4] == ["celery", "-A", "worker.app", "flower"]

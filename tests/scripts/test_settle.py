@@ -16,6 +16,7 @@ from worker.drain import waiting
 from worker.drain.lease import Leases
 from worker.drain.settle import DeadLetter, Parking, Settlement, Settlements
 from worker.errors import LeaseLost
+from worker.status import gather
 
 SHARD = 5
 
@@ -203,3 +204,15 @@ def test_a_settle_without_the_lease_is_lease_lost_and_changes_nothing(
             parked=[Parking("u:user-b", 1000, "held", [member])],
         ))  # fmt: skip
     assert snapshot(redis_client, namespace) == before
+
+
+def test_requests_are_counted_by_status(shard: Shard, redis_client: redis.Redis, keys: Keys) -> None:
+    shard.settle(Settlement(delivered=1, requests=1, trim=1, status="200"))
+    shard.settle(Settlement(requests=1, status="429"))
+    shard.settle(Settlement(requests=1, status="no_answer"))
+    shard.settle(Settlement(delivered=1, requests=1, trim=1, status="200"))
+    shard.settle(Settlement(status="500"))  # settles no request: nothing to count
+    stats = text_hash(redis_client, shard.k.stats)
+    assert {k: v for k, v in stats.items() if k.startswith("status:")} == {
+        "status:200": "2", "status:429": "1", "status:no_answer": "1"}  # fmt: skip
+    assert gather(redis_client, keys, 8)["requests_by_status"] == {"200": 2, "429": 1, "no_answer": 1}

@@ -4,6 +4,7 @@
     produce.py   enqueue, import
     operate.py   status, dlq
     serve.py     serve
+    console.py   console
     dev.py       local-amplitude, demo
     common.py    errors to one line and an exit code
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli import dev, operate, produce, run, serve
+from worker.cli import console, dev, operate, produce, run, serve
 from worker.cli.common import ENVIRONMENT_HELP
 
 
@@ -38,7 +39,7 @@ def main() -> None:
 
 
 for command in (run.worker, produce.enqueue, produce.import_, operate.status, operate.dlq, operate.acl, serve.serve,
-                dev.local_amplitude, dev.demo):  # fmt: skip
+                console.console, dev.local_amplitude, dev.demo):  # fmt: skip
     main.add_command(command)
 
 

@@ -255,6 +255,8 @@ class Drainer:
             learned = self.store.lower_max_request_bytes(r.lower_bytes, quiet_ms)
             work.max_bytes = min(work.max_bytes, learned)
             self._max_bytes = min(self._max_bytes, learned)
+        if r.settlement.requests:
+            r.settlement.status = str(outcome.status) if outcome.status is not None else "no_answer"
         self._settle(shard, token, work, r.settlement, keep=r.keep)
         if r.note:
             log.log(logging.WARNING if r.level == "warning" else logging.INFO, "shard %d: %s", shard, r.note)

@@ -53,6 +53,9 @@ class Settlement:
     failed_ms: int = 0
     #: A one-line description of what went wrong, shown by `status` as the last error.
     error: str = ""
+    #: The HTTP status of the request settled (``no_answer`` for a timeout or a refused connection),
+    #: counted per status beside ``requests``: `status --json` and the console show them.
+    status: str = ""
 
 
 def inflight_change(current: list[bytes], desired: list[bytes]) -> tuple[int, list[bytes] | None]:
@@ -87,6 +90,7 @@ class Settlements:
         args.append(len(s.parked))
         for p in s.parked:
             args += [p.user_key, p.hold_ms, p.reason, len(p.members), *p.members]
+        args.append(s.status)
         keys += [k.fingerprint(u) for u in {d.user_key for d in s.dead if d.user_key is not None}]
         ids = self._script(keys, args, action="settle")
         return [i.decode() for i in ids]

@@ -9,7 +9,8 @@
 --       becomes the n entries that follow),
 --       n_dead, then per dead letter: reason, JSON;
 --       n_park, then per user: user key, hold ms (from now), reason ('': unchanged), n, n waiting
---       members (worker/drain/waiting.py).
+--       members (worker/drain/waiting.py);
+--       then the request's HTTP status ('no_answer' without one; '' or absent: not counted by status).
 -- Reply the ids given to the dead letters, in order: `<shard>-<n>`, n counted per shard.
 -- Error LEASE_LOST when the lease is not the caller's: then nothing is changed.
 --! uses: waiting
@@ -50,6 +51,9 @@ for _ = 1, n_park do
   a = a + n
   waiting.hold(KEYS[9], KEYS[10], user, release, reason)
 end
+
+local status = ARGV[a]
+if requests > 0 and status and status ~= '' then redis.call('HINCRBY', KEYS[4], 'status:' .. status, requests) end
 
 for f = 14, #KEYS do redis.call('DEL', KEYS[f]) end
 local done = delivered + n_dead
