@@ -31,6 +31,7 @@ bench: bootstrap
 	$(VENV)/python -m bench.stages
 	$(VENV)/python -m bench.backlog
 	$(VENV)/python -m bench.cluster
+	$(VENV)/python -m bench.producers
 	$(VENV)/python scripts/triage-transcript
 	$(VENV)/python scripts/readme-figures
 
