@@ -28,6 +28,7 @@ import redis
 
 from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
+from worker.deadletter import REASONS
 from worker.drain.settle import Settlement
 from worker.status import gather
 
@@ -51,25 +52,36 @@ def prepare_multiprocess_dir() -> str:
 class Metrics:
     """What a drainer observes; one instance per process."""
 
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+    def __init__(self, registry: Any = None) -> None:
+        """``registry``: where the metrics are registered (by default prometheus_client's own)."""
+        from prometheus_client import REGISTRY, Counter, Histogram
 
-        self.delivered = Counter("identify_queue_records_delivered", "Records Amplitude accepted")
+        where = registry if registry is not None else REGISTRY
+        self.delivered = Counter("identify_queue_records_delivered", "Records Amplitude accepted", registry=where)
         self.dead_lettered = Counter(
-            "identify_queue_records_dead_lettered", "Records dead-lettered, by reason", ["reason"]
+            "identify_queue_records_dead_lettered", "Records dead-lettered, by reason", ["reason"], registry=where
         )
         self.held = Counter(
-            "identify_queue_records_held", "Records parked: held (429) or deferred (budget)", ["reason"]
+            "identify_queue_records_held", "Records parked: held (429) or deferred (budget)", ["reason"],
+            registry=where,
+        )  # fmt: skip
+        self.requests = Counter(
+            "identify_queue_requests", "Requests to /identify, by HTTP status or error", ["status"], registry=where
         )
-        self.requests = Counter("identify_queue_requests", "Requests to /identify, by HTTP status or error", ["status"])
         self.latency = Histogram(
             "identify_queue_request_seconds", "Request latency to /identify",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=where,
         )  # fmt: skip
         self.batch = Histogram(
             "identify_queue_batch_records", "Identifications per request",
-            buckets=(1, 10, 50, 100, 250, 500, 750, 1000, 1500, 2000),
+            buckets=(1, 10, 50, 100, 250, 500, 750, 1000, 1500, 2000), registry=where,
         )  # fmt: skip
+        # every series of a known label starts at 0: increase() over a series that appears with its
+        # first record misses that record
+        for reason in REASONS:
+            self.dead_lettered.labels(reason)
+        for reason in ("held", "deferred"):
+            self.held.labels(reason)
 
     def request(self, status: str, seconds: float, records: int) -> None:
         self.requests.labels(status).inc()
@@ -105,11 +117,18 @@ class QueueCollector:
         for name in ("queued", "in_flight", "held", "deferred"):
             yield GaugeMetricFamily(f"identify_queue_{name}", f"Records {name.replace('_', ' ')}", value=status[name])
         dead = GaugeMetricFamily("identify_queue_dead_letter", "Records in the dead-letter queue", labels=["reason"])
-        for reason, count in status["dead_letter_by_reason"].items():
+        for reason, count in dead_letter_series(status["dead_letter_by_reason"]).items():
             dead.add_metric([reason], count)
         yield dead
         yield GaugeMetricFamily("identify_queue_blocked", "1 while a configuration error stops sending",
                                 value=1 if status["blocked"] else 0)  # fmt: skip
+
+
+def dead_letter_series(counts: dict[str, int]) -> dict[str, int]:
+    """The dead-letter gauge's series: every reason, 0 when it has no entry (a series that vanished
+    when the queue emptied would leave an alert on it with nothing to compare), and any reason
+    Redis holds beyond the known ones (written by a newer version)."""
+    return {**dict.fromkeys(REASONS, 0), **{reason: n for reason, n in counts.items()}}
 
 
 def serve(client: redis.Redis, keys: Keys, shards: int, *, host: str, port: int) -> int | None:
