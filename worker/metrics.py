@@ -17,11 +17,12 @@ letters by reason, blocked) are read from Redis when scraped, so any worker show
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -37,16 +38,57 @@ log = logging.getLogger("identify_queue.metrics")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+#: Our own directories of metric files: the owner's pid in the name, so that a later start can
+#: tell one left by a worker that was killed (kill -9 runs no clean-up) from a living worker's.
+DIR_PREFIX = "identify-queue-metrics-"
+
+
 def prepare_multiprocess_dir() -> str:
-    """A fresh directory for the pool processes' metric files; must precede importing prometheus_client."""
+    """A fresh directory for the pool processes' metric files; must precede importing prometheus_client.
+
+    With PROMETHEUS_MULTIPROC_DIR set it is the user's, emptied and kept.  Otherwise it is ours: in
+    the temporary directory, removed when this process exits (normally, on an error, on SIGTERM),
+    and those of workers that died without removing theirs are removed first.
+    """
     path = os.environ.get(MULTIPROC_ENV)
     if path:
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
-    else:
-        path = tempfile.mkdtemp(prefix="identify-queue-metrics-")
-        os.environ[MULTIPROC_ENV] = path
+        return path
+    root = tempfile.gettempdir()
+    for name in stale_dirs(os.listdir(root), _alive):
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    owner = os.getpid()
+    path = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{owner}-")
+    os.environ[MULTIPROC_ENV] = path
+
+    def remove() -> None:
+        # forked pool processes inherit this handler: only the process that made the directory removes it
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
     return path
+
+
+def stale_dirs(names: list[str], alive: Callable[[int], bool]) -> list[str]:
+    """The metric directories among ``names`` whose worker is gone (its pid is not alive)."""
+    out = []
+    for name in names:
+        pid = name.removeprefix(DIR_PREFIX).split("-", 1)[0]
+        if name.startswith(DIR_PREFIX) and pid.isdigit() and not alive(int(pid)):
+            out.append(name)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 class Metrics:
