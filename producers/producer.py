@@ -93,9 +93,8 @@ class ProducerCore:
         self.config = config or QueueConfig()
         self.keys = Keys(self.config.namespace)
         self._cluster = cluster
-        sync = sync_client
-        self._enqueue = Script(sync, "producers", "enqueue")  # producers/lua/enqueue.lua
-        self._wake_script = Script(sync, "producers", "wake")
+        self._enqueue = Script(sync_client, "producers", "enqueue")  # producers/lua/enqueue.lua
+        self._wake_script = Script(sync_client, "producers", "wake")
         self._layout = f"{self.config.shards}|{LAYOUT_VERSION}"
         self._layout_checked = False
         # built once: building a shard's key names per record cost more than the rest of a call

@@ -64,3 +64,15 @@ def test_sigterm_leaves_nothing_and_kill_9_is_cleaned_by_the_next_start(
     del start["AMPLITUDE_API_KEY"]
     subprocess.run([*COMMAND, "worker"], env=start, capture_output=True, timeout=60, check=False)
     assert left not in leftovers(tmp_path) and leftovers(tmp_path) == []
+
+
+def test_celery_does_not_warn_at_each_reconnect_of_a_setting_that_changes_nothing_here(
+    queue_config: QueueConfig,
+) -> None:
+    from worker.celery_app import create_app
+    from worker.settings import Settings
+
+    app = create_app(Settings.from_env(worker_env(queue_config, "http://127.0.0.1:9/identify")))
+    # the setting Celery's CPendingDeprecationWarning asks for is set; it acts on late-acked tasks only
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert app.conf.task_acks_late is False
