@@ -198,3 +198,16 @@ def test_an_asgi_app_answers_each_request_once_redis_holds_its_record(
     for i in range(50):
         if i != 7:
             assert seqs_of(redis_client, keys, queue_config.shards, f"user-{i:05d}") == [0, 1, 2, 3]
+
+
+def test_a_redis_that_lost_its_scripts_still_takes_every_call(
+    queue_config: QueueConfig, redis_client: redis.Redis
+) -> None:
+    async def main() -> int:
+        async with AsyncIdentifyProducer(queue_config) as producer:
+            await producer.identify(user_id="user-00001", user_properties={"$set": {"seq": 0}})
+            redis_client.script_flush()
+            await asyncio.gather(*(producer.identify(user_id=f"user-{i:05d}", user_properties={}) for i in range(8)))
+            return await producer.queued()
+
+    assert asyncio.run(main()) == 9

@@ -146,3 +146,15 @@ def test_a_queue_laid_out_otherwise_fails_every_call_of_the_group(
 
         run_threads(8, body)
     assert len(failures) == 8 and all("IDENTIFY_SHARDS is 2" in f for f in failures)
+
+
+def test_a_redis_that_lost_its_scripts_still_takes_every_call(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys, queue_config: QueueConfig
+) -> None:
+    # scripts go as EVALSHA alone: after a restart or a failover Redis answers NOSCRIPT, and the
+    # calls are run again once the scripts are loaded
+    producer.identify(user_id="user-00001", user_properties={"$set": {"seq": 0}})
+    redis_client.script_flush()
+    run_threads(8, lambda i: producer.identify(user_id=f"user-{i:05d}", user_properties={"$set": {"seq": 1}}))
+    assert producer.queued() == 9
+    assert in_redis(redis_client, keys, queue_config.shards, "user-00001") == [0, 1]
