@@ -33,6 +33,7 @@ bench: bootstrap
 	$(VENV)/python -m bench.cluster
 	$(VENV)/python -m bench.flat
 	$(VENV)/python -m bench.budget
+	$(VENV)/python -m bench.producers
 	$(VENV)/python scripts/triage-transcript
 	$(VENV)/python scripts/readme-figures
 

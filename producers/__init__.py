@@ -3,6 +3,7 @@
 Needs only redis and orjson; it never imports Celery.
 """
 
+from producers.async_producer import AsyncIdentifyProducer
 from producers.contract.errors import (
     ConfigError,
     IdentifyQueueError,
@@ -20,6 +21,7 @@ from producers.record import FIELDS, OPERATIONS, ValidRecord, validate, validate
 __all__ = [
     "FIELDS",
     "OPERATIONS",
+    "AsyncIdentifyProducer",
     "ConfigError",
     "EnqueueReport",
     "IdentifyProducer",

@@ -14,8 +14,9 @@ records, in the call that appends, so neither can disagree with what was appende
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,11 +24,12 @@ import redis
 
 from producers.contract import entry
 from producers.contract.connection import connect, store_errors
-from producers.contract.errors import InvalidRecord, QueueFull, QueueMismatch
+from producers.contract.errors import InvalidRecord, QueueFull, QueueMismatch, StoreError
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
 from producers.contract.topology import Call, is_cluster, run_together
+from producers.grouping import GroupCommit, Outcomes
 from producers.record import ValidRecord, validate
 
 #: Entry format version, stored in the meta hash beside the shard count.
@@ -71,22 +73,193 @@ class EnqueueReport:
     rejected: list[InvalidRecord] = field(default_factory=list)
 
 
-class IdentifyProducer:
+@dataclass(frozen=True)
+class EnqueuePlan:
+    """The script calls that append a chunk: one per part (all the shards on one Redis, one shard
+    on a Redis Cluster), then, on one Redis, the wake-up in the same round trip."""
+
+    calls: list[Call]
+    #: Per part, the indices of the records it carries.
+    parts: list[list[int]]
+    #: The shards whose drains the chunk wakes.
+    shards: list[str]
+
+
+class ProducerCore:
+    """What IdentifyProducer and AsyncIdentifyProducer share: validation, the script calls an
+    enqueue makes and what their replies mean.  Only the round trips differ (sync or asyncio)."""
+
+    def __init__(self, config: QueueConfig | None, sync_client: redis.Redis | None, *, cluster: bool) -> None:
+        """``sync_client``: the blocking client, which runs the scripts' own calls (None: asyncio)."""
+        self.config = config or QueueConfig()
+        self.keys = Keys(self.config.namespace)
+        self._cluster = cluster
+        self._enqueue = Script(sync_client, "producers", "enqueue")  # producers/lua/enqueue.lua
+        self._wake_script = Script(sync_client, "producers", "wake")
+        self._layout = f"{self.config.shards}|{LAYOUT_VERSION}"
+        self._layout_checked = False
+        self._layout_recorded = False
+        # built once: building a shard's key names per record cost more than the rest of a call
+        self._shard_keys = [self.keys.shard(s) for s in range(self.config.shards)]
+        self._totals = [k.total for k in self._shard_keys]
+
+    def validate(self, record: Any) -> ValidRecord:
+        return validate(record, min_id_length=self.config.min_id_length, max_record_bytes=self.config.max_record_bytes)
+
+    def _merged(self, record: Mapping[str, Any] | None, fields: dict[str, Any]) -> ValidRecord:
+        return self.validate({**(record or {}), **fields})
+
+    def _chunks(
+        self, records: Iterable[Mapping[str, Any]], chunk_size: int, errors: str, report: EnqueueReport
+    ) -> Iterator[list[ValidRecord]]:
+        """The valid records in chunks to enqueue; with ``errors="raise"`` the chunk before an
+        invalid record is given out first, then its InvalidRecord raised."""
+        chunk: list[ValidRecord] = []
+        for index, record in enumerate(records):
+            try:
+                chunk.append(self.validate(record))
+            except InvalidRecord as exc:
+                if errors == "raise":
+                    if chunk:
+                        yield chunk
+                    raise exc.at(index) from None
+                report.rejected.append(exc.at(index))
+                continue
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def _plan(
+        self,
+        records: Sequence[ValidRecord],
+        fingerprints: Sequence[bytes] | None = None,
+        fingerprint_ttl_ms: int = 0,
+        progress: JobProgress | None = None,
+        lines: Sequence[int] | None = None,
+    ) -> EnqueuePlan:
+        if fingerprints is not None and (len(fingerprints) != len(records) or fingerprint_ttl_ms <= 0):
+            raise ValueError("fingerprints need one value per record and a positive fingerprint_ttl_ms")
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, rec in enumerate(records):
+            groups[entry.shard_of(rec.user_key, self.config.shards)].append(i)
+        parts = [list(groups.items())] if not self._cluster else [[item] for item in groups.items()]
+        calls = [self._enqueue_call(part, records, fingerprints, fingerprint_ttl_ms, progress=progress, lines=lines)
+                 for part in parts]  # fmt: skip
+        woken = [str(shard) for shard in groups]
+        if not self._cluster and calls:
+            calls.append(self._wake_call(woken))  # the same round trip: a wake-up for nothing does no harm
+        indices = [[i for _, part_indices in part for i in part_indices] for part in parts]
+        return EnqueuePlan(calls, indices, woken)
+
+    def _enqueue_call(
+        self, part: list[tuple[int, list[int]]], records: Sequence[ValidRecord], fingerprints: Sequence[bytes] | None,
+        fingerprint_ttl_ms: int, *, progress: JobProgress | None, lines: Sequence[int] | None,
+    ) -> Call:  # fmt: skip
+        keys: list[str] = []
+        args: list[Any] = [self._layout, self._cap(), len(part)]
+        args.append(fingerprint_ttl_ms if fingerprints is not None else 0)
+        if progress is None:
+            args += ["", 0, 0, 0]
+        else:
+            args += [progress.run, progress.ttl_ms, progress.line, progress.offset]
+        whole = not self._cluster
+        args.append(self.config.shards if whole else 0)
+        for shard, indices in part:
+            k = self._shard_keys[shard]
+            keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
+            if progress is not None:
+                keys.append(k.import_progress(progress.job))
+            if fingerprints is not None:
+                keys += [k.fingerprint(records[i].user_key) for i in indices]
+            args += [shard, len(indices)]
+            for i in indices:
+                line = lines[i] if lines is not None else 0
+                fingerprint = fingerprints[i] if fingerprints is not None else b""
+                args += [line, fingerprint, entry.tail(records[i].user_key, records[i].data)]
+        if whole:
+            keys += self._totals
+        return Call(self._enqueue, keys, args)
+
+    def _cap(self) -> int:
+        """IDENTIFY_MAX_QUEUED as one call can check it: the whole queue's on one Redis; on a Redis
+        Cluster, where a call sees one shard, each shard's even share (rounded up)."""
+        if not self._cluster:
+            return self.config.max_queued
+        return -(-self.config.max_queued // self.config.shards)
+
+    def _wake_call(self, shards: list[str]) -> Call:
+        args: list[Any] = ["LT"]
+        for shard in shards:
+            args += [shard, "linger"]
+        return Call(self._wake_script, [self.keys.meta, self.keys.wakeups, self.keys.kick], args)
+
+    def _result(self, replies: list[Any], count: int) -> ChunkResult:
+        enqueued = skipped = already = 0
+        full: QueueFull | None = None
+        for reply in replies:
+            if isinstance(reply, QueueMismatch):
+                raise mismatch(self.config.shards, reply.fields)
+            if isinstance(reply, Exception):
+                raise reply
+            if int(reply[0]) == 0:
+                shard = int(reply[1])
+                full = QueueFull(int(reply[2]), self._cap(), shard=shard if shard >= 0 else None)
+                continue
+            enqueued += int(reply[1])
+            skipped += int(reply[2])
+            already += int(reply[3])
+        if full is not None:
+            raise QueueFull(full.queued, full.cap, enqueued, shard=full.shard)
+        return ChunkResult(enqueued, skipped, already)
+
+    def group_outcomes(self, plan: EnqueuePlan, replies: list[Any], count: int) -> Outcomes:
+        """Each grouped record's outcome: None when Redis holds it, else the error its call raises.
+        A part refused (QueueFull, a mismatch, its node unreachable) fails its own records only; a
+        refused wake-up fails them all, as it fails an ungrouped call."""
+        outcomes: Outcomes = [None] * count
+        for reply in replies[len(plan.parts) :]:
+            if isinstance(reply, Exception):
+                return [reply] * count
+        for indices, reply in zip(plan.parts, replies, strict=False):
+            error: BaseException | None = None
+            if isinstance(reply, QueueMismatch):
+                error = mismatch(self.config.shards, reply.fields)
+            elif isinstance(reply, Exception):
+                error = reply
+            elif int(reply[0]) == 0:
+                shard = int(reply[1])
+                error = QueueFull(int(reply[2]), self._cap(), shard=shard if shard >= 0 else None)
+            for i in indices:
+                outcomes[i] = error
+        return outcomes
+
+    def _layout_fields(self) -> list[tuple[str, str]]:
+        return [("shards", str(self.config.shards)), ("layout", LAYOUT_VERSION)]
+
+    def _layout_verdict(self, stored: list[Any]) -> None:
+        """Refuse a queue laid out otherwise (from ``meta``'s shards and layout, as stored)."""
+        shards, layout = (v.decode() if isinstance(v, bytes) else v for v in stored)
+        if shards is not None and (shards != str(self.config.shards) or layout != LAYOUT_VERSION):
+            raise mismatch(self.config.shards, {"shards": shards, "layout": layout or ""})
+
+
+class IdentifyProducer(ProducerCore):
     """Enqueue identifications for delivery to Amplitude's Identify API.
 
     >>> producer = IdentifyProducer.from_env()
     >>> producer.identify(user_id="user-42", user_properties={"$set": {"plan": "pro"}})
+
+    ``identify`` is safe to call from many threads at once: calls that arrive while an enqueue is
+    under way go together in the next one (IDENTIFY_GROUP_COMMIT, producers/grouping.py).
     """
 
     def __init__(self, config: QueueConfig | None = None, *, client: redis.Redis | None = None) -> None:
-        self.config = config or QueueConfig()
-        self.keys = Keys(self.config.namespace)
-        self._redis = client or connect(self.config.redis_url)
-        self._enqueue = Script(self._redis, "producers", "enqueue")  # producers/lua/enqueue.lua
-        self._wake_script = Script(self._redis, "producers", "wake")
-        self._layout = f"{self.config.shards}|{LAYOUT_VERSION}"
-        self._layout_checked = False
-        self._layout_recorded = False
+        config = config or QueueConfig()
+        self._redis = client or connect(config.redis_url)
+        super().__init__(config, self._redis, cluster=is_cluster(self._redis))
+        self._group: GroupCommit[ValidRecord] = GroupCommit(self._enqueue_group)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IdentifyProducer:
@@ -101,13 +274,31 @@ class IdentifyProducer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def validate(self, record: Any) -> ValidRecord:
-        return validate(record, min_id_length=self.config.min_id_length, max_record_bytes=self.config.max_record_bytes)
-
     def identify(self, record: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
         """Validate and enqueue one identification, given as a mapping, keywords, or both."""
-        merged = {**(record or {}), **fields}
-        self.enqueue_valid([self.validate(merged)])
+        valid = self._merged(record, fields)
+        if self.config.group_commit:
+            self._group.submit(valid)
+        else:
+            self.enqueue_valid([valid])
+
+    @property
+    def groups(self) -> int:
+        """Grouped enqueues run so far by ``identify``."""
+        return self._group.groups
+
+    def _enqueue_group(self, records: list[ValidRecord]) -> Outcomes:
+        try:
+            self._check_layout()
+            plan = self._plan(records)
+            replies = self._run(plan)
+            self._wake_done(plan, replies)
+        except Exception as exc:
+            return [exc] * len(records)
+        outcomes = self.group_outcomes(plan, replies, len(records))
+        if None in outcomes:
+            self._record_layout()
+        return outcomes
 
     def identify_many(
         self,
@@ -124,28 +315,12 @@ class IdentifyProducer:
         the chunk that would pass the cap was not enqueued; ``QueueFull.enqueued`` counts the rest.
         """
         report = EnqueueReport()
-        chunk: list[ValidRecord] = []
-        for index, record in enumerate(records):
-            try:
-                chunk.append(self.validate(record))
-            except InvalidRecord as exc:
-                if errors == "raise":
-                    self._flush(chunk, report)
-                    raise exc.at(index) from None
-                report.rejected.append(exc.at(index))
-                continue
-            if len(chunk) >= chunk_size:
-                self._flush(chunk, report)
-        self._flush(chunk, report)
-        return report
-
-    def _flush(self, chunk: list[ValidRecord], report: EnqueueReport) -> None:
-        if chunk:
+        for chunk in self._chunks(records, chunk_size, errors, report):
             try:
                 report.enqueued += self.enqueue_valid(chunk)
             except QueueFull as full:
                 raise QueueFull(full.queued, full.cap, report.enqueued) from None
-            chunk.clear()
+        return report
 
     @property
     def client(self) -> redis.Redis:
@@ -181,104 +356,33 @@ class IdentifyProducer:
         QueueFull or another error may leave other shards' parts written (``QueueFull.enqueued``
         counts them; an import's resume leaves them out, by their lines).
         """
-        if fingerprints is not None and (len(fingerprints) != len(records) or fingerprint_ttl_ms <= 0):
-            raise ValueError("fingerprints need one value per record and a positive fingerprint_ttl_ms")
+        plan = self._plan(records, fingerprints, fingerprint_ttl_ms, progress, lines)
         self._check_layout()
-        shards = self.config.shards
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, rec in enumerate(records):
-            groups[entry.shard_of(rec.user_key, shards)].append(i)
-        parts = [list(groups.items())] if not is_cluster(self._redis) else [[item] for item in groups.items()]
-        calls = [self._enqueue_call(part, records, fingerprints, fingerprint_ttl_ms, progress=progress, lines=lines)
-                 for part in parts]  # fmt: skip
-        woken = [str(shard) for shard in groups]
-        if not is_cluster(self._redis) and calls:
-            calls.append(self._wake_call(woken))  # the same round trip: a wake-up for nothing does no harm
-        replies = run_together(self._redis, calls, replicas=self.config.min_replicas,
-                               replica_timeout_ms=self.config.replica_timeout_ms, action="enqueue")  # fmt: skip
-        for reply in replies[len(parts) :]:
+        replies = self._run(plan)
+        for reply in replies[len(plan.parts) :]:
             if isinstance(reply, Exception):
                 raise reply  # the wake-up was refused (a missing permission): say so, as for the enqueue
-        if is_cluster(self._redis) and calls:
-            done = [str(part[0][0]) for part, reply in zip(parts, replies, strict=True)
-                    if not isinstance(reply, Exception) and int(reply[0]) == 1]  # fmt: skip
-            if done:
-                self._wake(self._wake_call(done).args, "wake the drains")
-        result = self._result(replies[: len(parts)], len(records))
-        if result.enqueued and not self._layout_recorded:
-            # The first producer or worker of a queue records its layout, once it has written to it;
-            # everyone after is checked against it (_check_layout).
-            with store_errors("record the queue layout"):
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.hsetnx(self.keys.meta, "shards", str(self.config.shards))
-                pipe.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
-                pipe.execute()
-            self._layout_recorded = True
+        self._wake_done(plan, replies)
+        result = self._result(replies[: len(plan.parts)], len(records))
+        if result.enqueued:
+            self._record_layout()
         return result
 
-    def _enqueue_call(
-        self, part: list[tuple[int, list[int]]], records: Sequence[ValidRecord], fingerprints: Sequence[bytes] | None,
-        fingerprint_ttl_ms: int, *, progress: JobProgress | None, lines: Sequence[int] | None,
-    ) -> Call:  # fmt: skip
-        keys: list[str] = []
-        args: list[Any] = [self._layout, self._cap(), len(part)]
-        args.append(fingerprint_ttl_ms if fingerprints is not None else 0)
-        if progress is None:
-            args += ["", 0, 0, 0]
-        else:
-            args += [progress.run, progress.ttl_ms, progress.line, progress.offset]
-        whole = not is_cluster(self._redis)
-        args.append(self.config.shards if whole else 0)
-        for shard, indices in part:
-            k = self.keys.shard(shard)
-            keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
-            if progress is not None:
-                keys.append(k.import_progress(progress.job))
-            if fingerprints is not None:
-                keys += [k.fingerprint(records[i].user_key) for i in indices]
-            args += [shard, len(indices)]
-            for i in indices:
-                line = lines[i] if lines is not None else 0
-                fingerprint = fingerprints[i] if fingerprints is not None else b""
-                args += [line, fingerprint, entry.tail(records[i].user_key, records[i].data)]
-        if whole:
-            keys += [self.keys.shard(s).total for s in range(self.config.shards)]
-        return Call(self._enqueue, keys, args)
+    def _run(self, plan: EnqueuePlan) -> list[Any]:
+        return run_together(self._redis, plan.calls, replicas=self.config.min_replicas,
+                            replica_timeout_ms=self.config.replica_timeout_ms, action="enqueue")  # fmt: skip
 
-    def _cap(self) -> int:
-        """IDENTIFY_MAX_QUEUED as one call can check it: the whole queue's on one Redis; on a Redis
-        Cluster, where a call sees one shard, each shard's even share (rounded up)."""
-        if not is_cluster(self._redis):
-            return self.config.max_queued
-        return -(-self.config.max_queued // self.config.shards)
-
-    def _wake_call(self, shards: list[str]) -> Call:
-        args: list[Any] = ["LT"]
-        for shard in shards:
-            args += [shard, "linger"]
-        return Call(self._wake_script, [self.keys.meta, self.keys.wakeups, self.keys.kick], args)
-
-    def _wake(self, args: list[Any], action: str) -> None:
-        self._wake_script([self.keys.meta, self.keys.wakeups, self.keys.kick], args, action=action)
-
-    def _result(self, replies: list[Any], count: int) -> ChunkResult:
-        enqueued = skipped = already = 0
-        full: QueueFull | None = None
-        for reply in replies:
-            if isinstance(reply, QueueMismatch):
-                raise mismatch(self.config.shards, reply.fields)
-            if isinstance(reply, Exception):
-                raise reply
-            if int(reply[0]) == 0:
-                shard = int(reply[1])
-                full = QueueFull(int(reply[2]), self._cap(), shard=shard if shard >= 0 else None)
-                continue
-            enqueued += int(reply[1])
-            skipped += int(reply[2])
-            already += int(reply[3])
-        if full is not None:
-            raise QueueFull(full.queued, full.cap, enqueued, shard=full.shard)
-        return ChunkResult(enqueued, skipped, already)
+    def _wake_done(self, plan: EnqueuePlan, replies: list[Any]) -> None:
+        """On a Redis Cluster, wake the drains of the shards whose part was written (the wake-up's
+        keys are in another slot, so it cannot go in the parts' round trips)."""
+        if not self._cluster or not plan.calls:
+            return
+        # on a cluster each part is one shard, in the order of plan.shards
+        done = [shard for shard, reply in zip(plan.shards, replies, strict=True)
+                if not isinstance(reply, Exception) and int(reply[0]) == 1]  # fmt: skip
+        if done:
+            self._wake_script([self.keys.meta, self.keys.wakeups, self.keys.kick], self._wake_call(done).args,
+                              action="wake the drains")  # fmt: skip
 
     def _check_layout(self) -> None:
         """Refuse a queue laid out otherwise, once per producer: every shard script checks its own
@@ -288,10 +392,21 @@ class IdentifyProducer:
             return
         with store_errors("read the queue layout"):
             stored = self._redis.hmget(self.keys.meta, ["shards", "layout"])
-        shards, layout = (v.decode() if isinstance(v, bytes) else v for v in stored)
-        if shards is not None and (shards != str(self.config.shards) or layout != LAYOUT_VERSION):
-            raise mismatch(self.config.shards, {"shards": shards, "layout": layout or ""})
+        self._layout_verdict(stored)
         self._layout_checked = True
+
+    def _record_layout(self) -> None:
+        """The first producer or worker of a queue records its layout, once it has written to it
+        (a refused enqueue writes nothing); everyone after is checked against it.  The records are
+        in Redis by then: a failure here is tried again at the next enqueue, never the caller's."""
+        if self._layout_recorded:
+            return
+        with contextlib.suppress(StoreError), store_errors("record the queue layout"):
+            pipe = self._redis.pipeline(transaction=False)
+            for field, value in self._layout_fields():
+                pipe.hsetnx(self.keys.meta, field, value)
+            pipe.execute()
+            self._layout_recorded = True
 
     def queued(self) -> int:
         """Records accepted and not yet delivered or dead-lettered."""

@@ -178,6 +178,9 @@ def create_app(settings: Settings) -> Celery:
         task_store_errors_even_if_ignored=False,
         task_default_queue=keys.celery_queue,
         task_acks_late=False,
+        # What it switches on only touches tasks acknowledged late, which ours never are; set, Celery
+        # stops warning of its coming default (CPendingDeprecationWarning) at every broker reconnect
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=True,
         broker_connection_retry_on_startup=True,

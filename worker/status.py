@@ -10,7 +10,9 @@ from typing import Any
 import redis
 
 from producers.contract.connection import store_errors
+from producers.contract.errors import QueueMismatch
 from producers.contract.keys import Keys
+from producers.producer import LAYOUT_VERSION, mismatch
 from worker.drain.waiting import waiting_count
 
 #: A worker whose dispatcher has not written a heartbeat for this long is shown as gone.
@@ -36,9 +38,10 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
             pipe.hgetall(k.minutes)
         pipe.hgetall(keys.blocked)
         pipe.zrange(keys.workers, 0, -1, withscores=True)
+        pipe.hmget(keys.meta, ["shards", "layout"])
         replies = pipe.execute()
         sec, usec = client.time()  # apart: a cluster's pipeline refuses TIME
-    blocked, workers = replies[per_read * shards :]
+    blocked, workers, layout = replies[per_read * shards :]
     now_ms = int(sec) * 1000 + int(usec) // 1000
     rows = [replies[per_read * s : per_read * (s + 1)] for s in range(shards)]
     parked = _parked_counts(client, keys, [_text_map(row[4]) for row in rows])
@@ -103,6 +106,10 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "requests_by_status": dict(sorted(by_status.items())),
         "last_delivery_ms": last_delivery_ms,
         "last_error": last_error[1] if last_error else None,
+        "last_error_ms": last_error[0] if last_error else None,
+        # what the queue's meta says it was created with (None: no producer or worker has used it)
+        "layout": {"shards": _int_or_none(layout[0]), "format": layout[1].decode() if layout[1] else None},
+        "queue_found": queue_found(layout[0] is not None, total, dlq_len, delivered),
         "blocked": _blocked(_text_map(blocked)),
         "workers": [
             {"name": name.decode(), "last_seen_s": round((now_ms - score) / 1000, 1)}
@@ -112,6 +119,40 @@ def gather(client: redis.Redis, keys: Keys, shards: int) -> dict[str, Any]:
         "shards": per_shard,
         "time_ms": now_ms,
     }
+
+
+def _int_or_none(value: bytes | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def queue_found(has_meta: bool, accepted_not_done: int, dead_letter: int, delivered: int) -> bool:
+    """Whether the namespace holds a queue at all: laid out by a producer or worker, or holding
+    anything (a queue whose meta was deleted by hand still has its records)."""
+    return has_meta or accepted_not_done > 0 or dead_letter > 0 or delivered > 0
+
+
+def layout_mismatch(status: dict[str, Any], shards: int) -> QueueMismatch | None:
+    """The refusal `status` gives, as `enqueue` and `worker` do, when IDENTIFY_SHARDS or the entry
+    format differ from the queue's: with another shard count it would read a part of the queue."""
+    stored = status["layout"]
+    if stored["shards"] is None:
+        return None
+    fields = {"shards": str(stored["shards"]), "layout": stored["format"] or LAYOUT_VERSION}
+    if stored["shards"] != shards or fields["layout"] != LAYOUT_VERSION:
+        return mismatch(shards, fields)
+    return None
+
+
+def age(ms: int, now_ms: int) -> str:
+    """How long ago, for people: seconds, minutes, hours or days."""
+    seconds = max(0, now_ms - ms) / 1000
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
 
 
 def _delivered_since(ring: dict[str, str], first_minute: int) -> int:
@@ -145,9 +186,13 @@ def _text_map(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def render(status: dict[str, Any]) -> str:
+def render(status: dict[str, Any], namespace: str = "") -> str:
     """The status as a table for people."""
-    lines = [
+    lines = []
+    if not status.get("queue_found", True):
+        lines.append(f"no queue in namespace {namespace!r}: no producer or worker has used it yet (is "
+                     "IDENTIFY_NAMESPACE right?)")  # fmt: skip
+    lines += [
         f"{'queued':<14}{status['queued']:>12,}",
         f"{'in flight':<14}{status['in_flight']:>12,}",
         f"{'held':<14}{status['held']:>12,}   (users paused after a 429)",
@@ -168,7 +213,11 @@ def render(status: dict[str, Any]) -> str:
         since = (status["time_ms"] - int(blocked.get("since_ms", status["time_ms"]))) / 1000
         lines.append(f"BLOCKED for {since:.0f} s, nothing is sent: {blocked.get('reason', '?')}")
     if status["last_error"]:
-        lines.append(f"{'last error':<14}{status['last_error']}")
+        when = status.get("last_error_ms")
+        ago = f"{age(when, status['time_ms'])}: " if when else ""
+        recovered = bool(when and status["last_delivery_ms"] and status["last_delivery_ms"] > when)
+        after = " (delivered since)" if recovered else ""
+        lines.append(f"{'last error':<14}{ago}{status['last_error']}{after}")
     workers = ", ".join(w["name"] for w in status["workers"]) or f"none seen in the last {WORKER_STALE_S} s"
     lines.append(f"{'workers':<14}{workers}")
     busy = [p for p in status["shards"] if p["queued"] or p["in_flight"] or p["held"] or p["deferred"]]

@@ -157,23 +157,11 @@ def _tls(scheme: str, params: dict[str, str], bad: Any) -> dict[str, Any]:
 def connect(url: str | RedisTarget, **options: Any) -> redis.Redis:
     """A client for ``url`` with timeouts, so that a dead Redis fails a call instead of hanging it."""
     target = url if isinstance(url, RedisTarget) else parse_url(url)
-    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
-    options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
-    options.setdefault("health_check_interval", 30)
-    if target.username is not None:
-        options.setdefault("username", target.username)
-    if target.password is not None:
-        options.setdefault("password", target.password)
-    tls = dict(target.tls)
-    if tls:
-        options.update(ssl=True, **tls)
+    options = _options(target, options)
     if target.scheme == "unix":
         return redis.Redis(unix_socket_path=target.path, db=target.db, **_without_tcp(options))
     if target.sentinel:
-        sentinel_options = {"socket_connect_timeout": options["socket_connect_timeout"], "socket_timeout": 5.0,
-                            **target.sentinel_auth}  # fmt: skip
-        if tls:
-            sentinel_options.update(ssl=True, **tls)
+        sentinel_options = _sentinel_options(target, options)
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
         client: redis.Redis = sentinel.master_for(target.service, db=target.db)  # type: ignore[no-untyped-call]
         return client
@@ -228,6 +216,64 @@ def _is_cluster_node(client: redis.Redis, address: tuple[str, int], db: int) -> 
         raise ConfigError(f"REDIS_URL names database {db}, but a Redis Cluster has database 0 only")
     _CLUSTER_NODES[address] = enabled
     return enabled
+
+
+def _options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
+    """The client options of every connection to ``target``, sync or asyncio alike."""
+    options = dict(options)
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
+    options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
+    options.setdefault("health_check_interval", 30)
+    if target.username is not None:
+        options.setdefault("username", target.username)
+    if target.password is not None:
+        options.setdefault("password", target.password)
+    if target.tls:
+        options.update(ssl=True, **target.tls)
+    return options
+
+
+def _sentinel_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
+    sentinel_options = {"socket_connect_timeout": options["socket_connect_timeout"], "socket_timeout": 5.0,
+                        **target.sentinel_auth}  # fmt: skip
+    if target.tls:
+        sentinel_options.update(ssl=True, **target.tls)
+    return sentinel_options
+
+
+#: What the asyncio producer says on a Redis Cluster (docs/usage.md names the alternative too).
+ASYNC_CLUSTER_REFUSED = (
+    "AsyncIdentifyProducer works with one Redis or Sentinel, not a Redis Cluster: on a cluster use "
+    "IdentifyProducer (from a thread: asyncio.to_thread)"
+)
+
+
+def connect_async(url: str | RedisTarget, **options: Any) -> Any:
+    """A redis.asyncio client for ``url``, with the same options as ``connect``: one Redis (TCP,
+    TLS, a unix socket) or Sentinel's master.  Several hosts name a Redis Cluster: refused."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    target = url if isinstance(url, RedisTarget) else parse_url(url)
+    options = _options(target, options)
+    if target.scheme == "unix":
+        return aioredis.Redis(unix_socket_path=target.path, db=target.db, **_without_tcp(options))
+    if target.sentinel:
+        sentinel = AsyncSentinel(list(target.hosts), sentinel_kwargs=_sentinel_options(target, options), **options)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(target.service, db=target.db)
+    if len(target.hosts) > 1:
+        raise ConfigError(ASYNC_CLUSTER_REFUSED)
+    host, port = target.hosts[0]
+    return aioredis.Redis(host=host, port=port, db=target.db, **options)
+
+
+async def close_async(client: Any) -> None:
+    """Close an asyncio client of ``connect_async``, and its sentinels' connections with Sentinel
+    (closing the master's client leaves them open)."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    await client.aclose()
+    for sentinel in getattr(manager, "sentinels", []):
+        await sentinel.aclose()
 
 
 def _without_tcp(options: dict[str, Any]) -> dict[str, Any]:

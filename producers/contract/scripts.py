@@ -15,6 +15,7 @@ other Redis errors become StoreError.  No caller matches a message.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -67,13 +68,21 @@ class Script:
     """
 
     def __init__(
-        self, client: redis.Redis, package: str, name: str, *, replicas: int = 0, replica_timeout_ms: int = 0
+        self, client: redis.Redis | None, package: str, name: str, *, replicas: int = 0, replica_timeout_ms: int = 0
     ) -> None:
+        """``client`` None: a script only ever run through ``run_together`` (or its asyncio twin),
+        which needs its text and digest, not a client of its own."""
         self.name = name
-        self._client = client
+        self._client: Any = client
         self._source = source(package, name)
-        self._script = client.register_script(self._source)
+        self.sha = hashlib.sha1(self._source.encode(), usedforsecurity=False).hexdigest()
+        self._script: Any = client.register_script(self._source) if client is not None else None
         self._replicas, self._replica_timeout_ms = replicas, replica_timeout_ms
+
+    @property
+    def text(self) -> str:
+        """What Redis runs (SCRIPT LOAD it when Redis answers NOSCRIPT)."""
+        return self._source
 
     def __call__(self, keys: list[Any], args: list[Any] | None = None, *, action: str = "") -> Any:
         # A cluster slot moving (seconds at most) is waited out here: the call was not run, so
@@ -98,7 +107,9 @@ class Script:
             with store_errors(action):
                 if not self._replicas:
                     return self._script(keys=keys, args=args or [])
-                pipe = self._node(keys).pipeline(transaction=False)
+                node = self._node(keys)
+                node.script_load(self._source)  # queue() sends EVALSHA alone: the script must be there
+                pipe = node.pipeline(transaction=False)
                 self.queue(pipe, keys, args or [])
                 pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)
                 reply, confirmed = pipe.execute()
@@ -119,8 +130,10 @@ class Script:
         return client.get_redis_connection(client.get_node_from_key(keys[0]))
 
     def queue(self, pipe: Any, keys: list[Any], args: list[Any]) -> None:
-        """Add a call of this script to a pipeline (the pipeline loads the script when it must)."""
-        self._script(keys=keys, args=args, client=pipe)
+        """Add a call of this script to a pipeline, as EVALSHA alone: redis-py's script objects would
+        ask SCRIPT EXISTS first, a round trip per pipeline.  A Redis that lacks the script (after a
+        restart or a failover) answers NOSCRIPT, and ``run_together`` loads it and runs the call again."""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def error(self, exc: BaseException, action: str = "") -> IdentifyQueueError:
         """The error of the tree for what Redis answered this script: its code's exception, a

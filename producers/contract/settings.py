@@ -116,6 +116,9 @@ class QueueConfig:
     #: (Redis WAIT), else it fails with NotReplicated and may be retried.  0: the master's word.
     min_replicas: int = 0
     replica_timeout_ms: int = 1000
+    #: Concurrent identify() calls of one producer share one enqueue (producers/grouping.py);
+    #: off, each call is its own round trip.
+    group_commit: bool = True
 
     def __post_init__(self) -> None:
         if not _NAMESPACE.match(self.namespace):
@@ -135,4 +138,5 @@ class QueueConfig:
             max_record_bytes=env_int(env, "IDENTIFY_MAX_RECORD_BYTES", cls.max_record_bytes, 256, 900_000),
             min_replicas=env_int(env, "IDENTIFY_MIN_REPLICAS", cls.min_replicas, 0, 16),
             replica_timeout_ms=env_int(env, "IDENTIFY_REPLICA_TIMEOUT_MS", cls.replica_timeout_ms, 1, 600_000),
+            group_commit=env_bool(env, "IDENTIFY_GROUP_COMMIT", cls.group_commit),
         )

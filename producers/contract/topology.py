@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, TryAgainError
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
 from producers.contract.connection import store_errors
 from producers.contract.errors import NotReplicated, SlotMoving, StoreError
@@ -119,16 +119,71 @@ class _Redirected:
 def _round_trip(client: Any, calls: list[Call], replicas: int, timeout_ms: int, action: str) -> list[Any]:
     with store_errors(action or "run scripts"):
         pipe = client.pipeline(transaction=False)
-        for call in calls:
-            call.script.queue(pipe, call.keys, call.args)
-        if replicas:
-            pipe.execute_command("WAIT", replicas, timeout_ms)
+        _queue(pipe, calls, replicas, timeout_ms)
         replies = pipe.execute(raise_on_error=False)
-    confirmed = int(replies.pop()) if replicas else 0
+        missing = unloaded(calls, replies)
+        if missing:
+            for script in {calls[i].script.sha: calls[i].script for i in missing}.values():
+                client.script_load(script.text)
+            again = _round_trip(client, [calls[i] for i in missing], replicas, timeout_ms, action)
+            return splice(interpret(calls, replies, replicas, timeout_ms, action), missing, again)
+    return interpret(calls, replies, replicas, timeout_ms, action)
+
+
+async def run_together_async(
+    client: Any, calls: Sequence[Call], *, replicas: int = 0, replica_timeout_ms: int = 1000, action: str = ""
+) -> list[Any]:
+    """``run_together`` for a redis.asyncio client of one Redis (or a Sentinel's master): the same
+    calls in one round trip, the same replies and errors."""
+    if not calls:
+        return []
+    calls = list(calls)
+    with store_errors(action or "run scripts"):
+        pipe = client.pipeline(transaction=False)
+        _queue(pipe, calls, replicas, replica_timeout_ms)
+        replies = await pipe.execute(raise_on_error=False)
+        missing = unloaded(calls, replies)
+        if missing:
+            for script in {calls[i].script.sha: calls[i].script for i in missing}.values():
+                await client.script_load(script.text)
+            again = await run_together_async(client, [calls[i] for i in missing], replicas=replicas,
+                                             replica_timeout_ms=replica_timeout_ms, action=action)  # fmt: skip
+            return splice(interpret(calls, replies, replicas, replica_timeout_ms, action), missing, again)
+    return interpret(calls, replies, replicas, replica_timeout_ms, action)
+
+
+def _queue(pipe: Any, calls: list[Call], replicas: int, timeout_ms: int) -> None:
+    for call in calls:
+        call.script.queue(pipe, call.keys, call.args)
+    if replicas:
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+
+
+def unloaded(calls: Sequence[Call], replies: Sequence[Any]) -> list[int]:
+    """The calls Redis did not run because it lacked their script (NOSCRIPT): safe to run again."""
+    return [i for i, reply in zip(range(len(calls)), replies, strict=False) if isinstance(reply, NoScriptError)]
+
+
+def splice(results: list[Any], indices: list[int], again: list[Any]) -> list[Any]:
+    """``results`` with the calls at ``indices`` replaced by their replies when run again."""
+    out = list(results)
+    for i, reply in zip(indices, again, strict=True):
+        out[i] = reply
+    return out
+
+
+def interpret(calls: Sequence[Call], replies: list[Any], replicas: int, timeout_ms: int, action: str) -> list[Any]:
+    """What each call's reply means: the reply, a call to run again elsewhere (redirected), the
+    error of the tree it ended with, or NotReplicated when WAIT counted too few replicas."""
+    replies = list(replies)
+    waited = replies.pop() if replicas else 0
+    confirmed = 0 if isinstance(waited, Exception) else int(waited)
     out: list[Any] = []
     for call, reply in zip(calls, replies, strict=True):
         if isinstance(reply, (MovedError, AskError, TryAgainError)):
             out.append(_Redirected())
+        elif isinstance(reply, NoScriptError):
+            out.append(reply)  # replaced by the caller's second run
         elif isinstance(reply, redis.RedisError):
             out.append(call.script.error(reply, action))
         elif replicas and confirmed < replicas:

@@ -38,6 +38,7 @@ for g = 1, groups do
   k = k + 5
   a = a + 2
   local stored = redis.call('GET', plan.layout)
+  plan.laid_out = stored ~= false
   if stored and stored ~= layout then
     local shards, format = string.match(stored, '^(%d+)|(.*)$')
     return iq.fail('QUEUE_MISMATCH', 'shards', shards, 'layout', format)
@@ -130,7 +131,8 @@ for _, plan in ipairs(plans) do
       redis.call('SET', key, fingerprint, 'PX', fp_ttl)
     end
   end
-  redis.call('SET', plan.layout, layout)
+  -- a call into Redis costs about as much as the append itself: the layout is written once
+  if not plan.laid_out then redis.call('SET', plan.layout, layout) end
   if plan.progress then
     -- the line never moves back: a resumed run's chunk may end before what the shard already has
     if tonumber(ARGV[7]) > plan.from_line then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,16 @@ def test_the_full_stack_is_there(compose: dict[str, Any]) -> None:
     for service in services.values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port
+
+
+def test_host_ports_stay_clear_of_the_services_usual_ones(compose: dict[str, Any]) -> None:
+    # a Redis on 6379 or a Flower on 5555 already on the host must not stop the stack
+    usual = {6379, 26379, 5555, 8089, 8090, 8091, 9464, 8080, 8000}
+    published = []
+    for service in compose["services"].values():
+        for port in service.get("ports", []):
+            # 127.0.0.1:HOST:CONTAINER, HOST either a number or ${VARIABLE:-number}
+            host = re.fullmatch(r"127\.0\.0\.1:(?:\$\{\w+:-)?(\d+)\}?:\d+", port)
+            assert host, port
+            published.append(int(host.group(1)))
+    assert published and not set(published) & usual and len(set(published)) == len(published), published

@@ -23,8 +23,16 @@ from worker.cli.common import friendly_errors
 )
 @click.option("--faults", metavar="JSON", default=None,
               help="Start misbehaving at once, as POST /_control would make it (for tests).")  # fmt: skip
-def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str | None) -> None:
-    """Run a local Amplitude-compatible /identify endpoint (for the demo and tests)."""
+@click.option("--keep-records", type=click.IntRange(0), default=1_000_000, show_default=True,
+              help="Accepted records kept for /_accepted, /_arrivals, /_users (0: all, memory grows).")  # fmt: skip
+def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str | None, keep_records: int) -> None:
+    """Run a local Amplitude-compatible /identify endpoint (for the demo and tests).
+
+    \b
+    POST /identify   what Amplitude's Identify API takes, with its answers
+    POST /_control   misbehave: {"statuses": [500], "fail_rate": 0.3, "hang": true, "delay_ms": 50, ...}
+    POST /_reset     forget everything; GET /_stats, /_accepted, /_users/ID: what it received
+    """
     from worker.devtools.local_amplitude import serve
 
     api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -38,7 +46,8 @@ def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str |
         click.echo(f"listening on http://{host}:{bound}", nl=True)
         sys.stdout.flush()
 
-    serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None)
+    serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None,
+          keep_records=keep_records)  # fmt: skip
 
 
 @click.command()

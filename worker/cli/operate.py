@@ -28,15 +28,18 @@ from worker.deadletter import REASONS  # imports no Celery: every command may us
 @friendly_errors
 def status(as_json: bool) -> None:
     """Show what is queued, in flight, held, deferred, dead-lettered, and why."""
-    from worker.status import gather, render
+    from worker.status import gather, layout_mismatch, render
 
     config = QueueConfig.from_env()
     client = connect(config.redis_url)
     result = gather(client, Keys(config.namespace), config.shards)
+    refused = layout_mismatch(result, config.shards)
+    if refused is not None:
+        raise refused  # as enqueue and worker refuse it: with another shard count it shows a part of the queue
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo(render(result))
+        click.echo(render(result, config.namespace))
 
 
 # -- dead-letter queue -----------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 one object or an array; or the same two fields as a JSON body), validates each identification with
 the rules in ``producers/record.py``, and answers with Amplitude's codes and bodies: 200 JSON, 400
 naming the indices of invalid records (or an invalid API key), 413 above 1 MB or 2,000 items.
-Accepted identifications are kept in arrival order and applied to per-user state.
+Accepted identifications are kept in arrival order, the last ``keep_records`` of them (1,000,000 by
+default, ``--keep-records``; 0 keeps every one), and the last 100,000 requests' lines: its memory
+stays bounded however long it runs, while the checks of a test or a benchmark run (which read
+fewer) see everything.  Counts (accepted, requests, statuses) cover the whole run.
 
 It can be told to misbehave, so the worker's remedies can be tested against real HTTP:
 
@@ -17,10 +20,11 @@ It can be told to misbehave, so the worker's remedies can be tested against real
                       "seed": 7}
     POST /_reset     forget everything (state, log, faults)
     GET  /_stats     counts, statuses, accepted records, requests received and in progress
-    GET  /_accepted?since=N&limit=M   accepted identifications (JSON Lines), in arrival order
-    GET  /_requests  one line per request: time, status, records, bytes
-    GET  /_arrivals  [time received, user] per accepted record, in arrival order
-    GET  /_users/ID  the user's properties as Amplitude would hold them
+    GET  /_accepted?since=N&limit=M   accepted identifications (JSON Lines), in arrival order; N
+                     counts from the first ever accepted (records no longer kept are skipped)
+    GET  /_requests  one line per request kept: time, status, records, bytes
+    GET  /_arrivals  [time received, user] per accepted record kept, in arrival order
+    GET  /_users/ID  the user's properties as Amplitude would hold them (from the records kept)
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -45,6 +50,10 @@ log = logging.getLogger("identify_queue.local_amplitude")
 
 MAX_ITEMS = 2000
 MAX_BODY = 1_000_000
+#: Accepted records kept by default: a benchmark's run (200,000) with room to spare, about 150 MB.
+KEEP_RECORDS = 1_000_000
+#: Requests whose line (/_requests) is kept.
+KEEP_REQUESTS = 100_000
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -70,10 +79,23 @@ class Faults:
         self.random = random.Random(spec.get("seed", 0))
 
 
+@dataclass(frozen=True)
+class Batch:
+    """An accepted request's identification array as it came; ``first``: the arrival index of its
+    first record, counted over the whole run."""
+
+    text: bytes
+    count: int
+    received: float
+    first: int
+
+
 class LocalAmplitude:
-    def __init__(self, api_key: str | None = None, min_id_length: int = 5) -> None:
+    def __init__(self, api_key: str | None = None, min_id_length: int = 5, keep_records: int = KEEP_RECORDS) -> None:
+        """``keep_records``: accepted records kept for inspection (0: all)."""
         self.api_key = api_key
         self.min_id_length = min_id_length
+        self.keep_records = keep_records
         self._lock = threading.Lock()
         self._unhang = threading.Condition(self._lock)
         # Answers are computed one at a time: the work is all Python (GIL-bound), and two threads
@@ -83,16 +105,17 @@ class LocalAmplitude:
 
     def _reset(self) -> None:
         self.faults = Faults()
-        # Each accepted request's identification array as it came, and how many records it held.
-        # Records are split out (and users' states replayed) only when a test asks: the hot path
-        # then costs what Amplitude's would, and 200,000 retained small objects do not fragment
-        # the heap (that made the server three times slower by the end of a benchmark).
-        self.batches: list[tuple[bytes, int, float]] = []
+        # Each accepted request's identification array as it came. Records are split out (and
+        # users' states replayed) only when a test asks: the hot path then costs what Amplitude's
+        # would, and 200,000 retained small objects do not fragment the heap (that made the server
+        # three times slower by the end of a benchmark). The oldest go once more are kept than
+        # keep_records: what grew to 17 GB over a long session.
+        self.batches: deque[Batch] = deque()
+        self.kept = 0
         self.accepted_count = 0
-        self._split: list[bytes] = []
-        self._split_times: list[float] = []
-        self._split_batches = 0
-        self.requests: list[tuple[float, int, int, int]] = []
+        self.requests: deque[tuple[float, int, int, int]] = deque(maxlen=KEEP_REQUESTS)
+        self.request_count = 0
+        self.max_request_bytes = 0
         self.statuses: Counter[int] = Counter()
         self.in_progress = 0
         self.received = 0
@@ -121,7 +144,7 @@ class LocalAmplitude:
                 status, body = 200, orjson.dumps(self.arrivals())
             elif path == "/_requests":
                 with self._lock:
-                    status, body = 200, orjson.dumps(self.requests)
+                    status, body = 200, orjson.dumps(list(self.requests))
             elif path.startswith("/_users/"):
                 state = self.user_state(unquote(path.removeprefix("/_users/")))
                 status, body = (200, orjson.dumps(state)) if state is not None else (404, b'{"error":"no such user"}')
@@ -165,6 +188,8 @@ class LocalAmplitude:
             )
         with self._lock:
             self.requests.append((received, status, count, len(raw)))
+            self.request_count += 1
+            self.max_request_bytes = max(self.max_request_bytes, len(raw))
             self.statuses[status] += 1
         return status, body
 
@@ -241,8 +266,11 @@ class LocalAmplitude:
                 doc["events_with_invalid_fields"] = invalid
             return 400, orjson.dumps(doc), len(items)
         with self._lock:
-            self.batches.append((identification, len(items), received))
+            self.batches.append(Batch(identification, len(items), received, self.accepted_count))
             self.accepted_count += len(items)
+            self.kept += len(items)
+            while self.keep_records and self.kept - self.batches[0].count >= self.keep_records:
+                self.kept -= self.batches.popleft().count
         body = {"code": 200, "events_ingested": len(items), "payload_size_bytes": len(identification),
                 "server_upload_time": int(time.time() * 1000)}  # fmt: skip
         return 200, orjson.dumps(body), len(items)
@@ -263,47 +291,49 @@ class LocalAmplitude:
         with self._lock:
             return {
                 "accepted": self.accepted_count,
-                "requests": len(self.requests),
+                "requests": self.request_count,
+                "kept": self.kept,
                 "in_progress": self.in_progress,
                 "received": self.received,
                 "statuses": {str(k): v for k, v in self.statuses.items()},
-                "max_request_bytes": max((r[3] for r in self.requests), default=0),
+                "max_request_bytes": self.max_request_bytes,
                 "uptime_s": time.time() - self.started,
             }
 
-    def _records(self) -> list[bytes]:
-        """Every accepted record, in arrival order (split from the stored requests on demand)."""
+    def _kept(self, since: int = 0) -> list[Batch]:
+        """The kept batches holding records from arrival index ``since`` on."""
         with self._lock:
-            pending = self.batches[self._split_batches :]
-            self._split_batches = len(self.batches)
-            for text, count, received in pending:
-                self._split.extend(orjson.dumps(item) for item in orjson.loads(text))
-                self._split_times.extend([received] * count)
-            return self._split
+            batches = list(self.batches)
+        return [b for b in batches if b.first + b.count > since]
 
     def arrivals(self) -> list[tuple[float, str]]:
-        """(time received, user_id or device_id) of every accepted record, in arrival order."""
-        records = self._records()
-        with self._lock:
-            times = list(self._split_times)
+        """(time received, user_id or device_id) of every kept accepted record, in arrival order."""
         out = []
-        for t, raw in zip(times, records, strict=True):
-            record = orjson.loads(raw)
-            out.append((t, str(record.get("user_id") or record.get("device_id"))))
+        for batch in self._kept():
+            for record in orjson.loads(batch.text):
+                out.append((batch.received, str(record.get("user_id") or record.get("device_id"))))
         return out
 
     def user_state(self, user: str) -> dict[str, Any] | None:
-        """The user's properties as Amplitude would hold them: every accepted update, replayed."""
+        """The user's properties as Amplitude would hold them: every kept update, replayed."""
         state: dict[str, Any] | None = None
-        for raw in self._records():
-            record = orjson.loads(raw)
-            if (record.get("user_id") or record.get("device_id")) == user:
-                state = amplitude_model.apply(state or {}, record)
+        for batch in self._kept():
+            if user.encode() not in batch.text:
+                continue  # cheap: most batches do not name the user
+            for record in orjson.loads(batch.text):
+                if (record.get("user_id") or record.get("device_id")) == user:
+                    state = amplitude_model.apply(state or {}, record)
         return state
 
     def accepted_lines(self, since: int, limit: int) -> bytes:
-        records = self._records()[since : since + limit]
-        return b"".join(line + b"\n" for line in records)
+        """Kept records from arrival index ``since`` on, at most ``limit``, one JSON a line."""
+        lines: list[bytes] = []
+        for batch in self._kept(since):
+            if len(lines) >= limit:
+                break
+            records = orjson.loads(batch.text)[max(0, since - batch.first) :]
+            lines += [orjson.dumps(item) + b"\n" for item in records[: limit - len(lines)]]
+        return b"".join(lines)
 
 
 def _names_a_property(item: dict[str, Any], names: set[str]) -> bool:
@@ -355,12 +385,15 @@ def _parse_request(raw: bytes, content_type: str) -> tuple[str, bytes, list[Any]
 
 def serve(
     host: str, port: int, api_key: str | None, *, threads: int = 8, ready: Callable[[int], None] | None = None,
-    faults: bytes | None = None,
+    faults: bytes | None = None, keep_records: int = KEEP_RECORDS,
 ) -> None:  # fmt: skip
     """Serve until interrupted; ``ready`` is called with the bound port (useful with port 0)."""
     from waitress.server import create_server
 
-    app = LocalAmplitude(api_key)
+    # waitress warns "Task queue depth is N" whenever requests wait for a thread: here that is a
+    # worker's concurrency meeting 8 threads, expected and harmless, and dozens of lines a run
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    app = LocalAmplitude(api_key, keep_records=keep_records)
     if faults:
         app.control(faults)
     server = create_server(app, host=host, port=port, threads=threads, ident="local-amplitude", recv_bytes=1 << 20,

@@ -36,9 +36,12 @@ def _log_target(path: Path | None) -> Iterator[IO[bytes] | int]:
 class LocalAmplitudeProcess:
     """``identify-queue local-amplitude`` on a free loopback port."""
 
-    def __init__(self, api_key: str | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, api_key: str | None = None, log_path: Path | None = None, keep_records: int | None = None
+    ) -> None:
         self.api_key = api_key
         self.log_path = log_path
+        self.keep_records = keep_records
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -58,6 +61,8 @@ class LocalAmplitudeProcess:
             args += ["--faults", orjson.dumps(faults).decode()]
         if self.api_key:
             args += ["--api-key-env", "LOCAL_AMPLITUDE_API_KEY"]
+        if self.keep_records is not None:
+            args += ["--keep-records", str(self.keep_records)]
         env = {**os.environ, "LOCAL_AMPLITUDE_API_KEY": self.api_key or ""}
         with _log_target(self.log_path) as stderr:
             self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env)
