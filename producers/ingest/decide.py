@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -44,7 +44,7 @@ from producers.contract.errors import (
 from producers.contract.settings import QueueConfig
 from producers.ingest.envelope import read_envelope
 from producers.ingest.settings import IngestSettings, token_digest
-from producers.record import ValidRecord, validate
+from producers.record import CAMEL_CASE, EVENT_FIELDS, ValidRecord, validate
 
 IDENTIFY_PATH = "/identify"
 HEALTH_PATH = "/healthz"
@@ -81,6 +81,8 @@ class Accept:
 
     records: Sequence[ValidRecord]
     payload_bytes: int
+    #: Event fields dropped from the records, by name as sent: how many records had each.
+    ignored: Mapping[str, int] = field(default_factory=dict)
 
 
 # -- routing and the whole decision ------------------------------------------------------------------
@@ -117,10 +119,10 @@ def decide(request: Request, settings: IngestSettings) -> Accept | Answer:
         items = identifications(envelope.identification, settings.max_records)
     except RequestRefused as refused:
         return answer_refused(refused)
-    valid, rejected = validate_all(items, settings.queue)
+    valid, rejected, ignored = validate_all(items, settings.queue)
     if rejected:
         return answer_invalid(rejected, len(items))
-    return Accept(valid, len(request.body))
+    return Accept(valid, len(request.body), ignored)
 
 
 # -- credentials -----------------------------------------------------------------------------------
@@ -180,22 +182,60 @@ def identifications(value: Any, max_records: int) -> list[Any]:
     return value
 
 
-def validate_all(items: Sequence[Any], queue: QueueConfig) -> tuple[list[ValidRecord], list[InvalidRecord]]:
-    """Every item validated with the producers' rules and limits; all rejections, with their index."""
+def validate_all(
+    items: Sequence[Any], queue: QueueConfig
+) -> tuple[list[ValidRecord], list[InvalidRecord], dict[str, int]]:
+    """Every item as an identification (``as_identification``) validated with the producers' rules
+    and limits; all rejections, with their index; how many records had each event field dropped."""
     valid: list[ValidRecord] = []
     rejected: list[InvalidRecord] = []
+    ignored: dict[str, int] = {}
     for index, item in enumerate(items):
         try:
-            valid.append(validate(item, min_id_length=queue.min_id_length, max_record_bytes=queue.max_record_bytes))
+            record, dropped = as_identification(item)
+            valid.append(validate(record, min_id_length=queue.min_id_length, max_record_bytes=queue.max_record_bytes))
         except InvalidRecord as exc:
             rejected.append(exc.at(index))
-    return valid, rejected
+            continue
+        for name in dropped:
+            ignored[name] = ignored.get(name, 0) + 1
+    return valid, rejected, ignored
+
+
+def as_identification(item: Any) -> tuple[Any, tuple[str, ...]]:
+    """What an Amplitude client sent to /identify, as the identification Amplitude reads from it.
+
+    Clients written for both of Amplitude's endpoints send event fields along (``session_id``,
+    ``event_properties``...): Amplitude ignores them in /identify, so they are dropped here, and
+    named in the answer.  camelCase spellings of identification fields (``userId``) are renamed;
+    one given in both spellings is refused, as neither can be said to win.  Anything else is left
+    for ``validate`` to judge, so an unknown field is still refused.
+    """
+    if type(item) is not dict:
+        return item, ()
+    if not any(name in EVENT_FIELDS or name in CAMEL_CASE for name in item):
+        return item, ()  # what nearly every request holds: nothing to copy
+    record: dict[Any, Any] = {}
+    dropped: list[str] = []
+    for name, value in item.items():
+        if name in EVENT_FIELDS:
+            dropped.append(name)
+            continue
+        target: Any = CAMEL_CASE.get(name, name)
+        if target in record or (target != name and target in item):
+            raise InvalidRecord(str(target), "duplicate_field", f"given both as {target} and as {name}")
+        record[target] = value
+    return record, tuple(dropped)
 
 
 # -- answers ---------------------------------------------------------------------------------------
-def answer_accepted(count: int, payload_bytes: int, now_ms: int) -> Answer:
-    return Answer(200, {"code": 200, "events_ingested": count, "payload_size_bytes": payload_bytes,
-                        "server_upload_time": now_ms})  # fmt: skip
+def answer_accepted(count: int, payload_bytes: int, now_ms: int, ignored: Mapping[str, int] | None = None) -> Answer:
+    """Amplitude's 200, and ``ignored_fields`` (field -> records) when event fields were dropped."""
+    body: dict[str, Any] = {"code": 200, "events_ingested": count, "payload_size_bytes": payload_bytes,
+                            "server_upload_time": now_ms}  # fmt: skip
+    if ignored:
+        body["ignored_fields"] = dict(ignored)
+    return Answer(200, body)
 
 
 def answer_refused(refused: RequestRefused) -> Answer:

@@ -92,7 +92,7 @@ class IngestApp:
             if not isinstance(exc, QueueFull):
                 log.error("enqueue failed: %s", exc)
             return answer_failure(exc, self.settings.retry_after_s)
-        return answer_accepted(count, decision.payload_bytes, now_ms())
+        return answer_accepted(count, decision.payload_bytes, now_ms(), decision.ignored)
 
     def _redis_ok(self) -> bool:
         try:

@@ -139,3 +139,26 @@ def test_json_input_is_strict(line: bytes, rule: str) -> None:
 def test_an_error_in_a_sequence_says_which_record() -> None:
     error = InvalidRecord("user_id", "too_short", "must be at least 5 characters").at(7)
     assert str(error) == "record 7: user_id: must be at least 5 characters"
+
+
+UNKNOWN_FIELD_HINTS: list[tuple[str, str]] = [
+    # a field the producer refuses, and what the refusal says (never a guess that misleads)
+    ("session_id", "belongs to events"),
+    ("event_properties", "belongs to events"),
+    ("location_lat", "belongs to events"),
+    ("sessionId", "belongs to events"),
+    ("userId", "(write it user_id)"),
+    ("osVersion", "(write it os_version)"),
+    ("user_propertes", "(did you mean user_properties?)"),
+    ("platfrom", "(did you mean platform?)"),
+    ("emial", "known fields: user_id, device_id"),
+    ("ses", "known fields: user_id, device_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "says"), UNKNOWN_FIELD_HINTS)
+def test_an_unknown_field_is_refused_with_a_hint_that_is_right_or_none(name: str, says: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        validate({"user_id": U, name: 1})
+    assert (caught.value.field, caught.value.rule) == (name, "unknown_field")
+    assert says in caught.value.detail
