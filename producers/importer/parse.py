@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import orjson
 
-from producers.contract.errors import InvalidRecord
-from producers.importer.csv_columns import plan_columns, row_to_record
+from producers.contract.errors import InvalidRecord, SourceError
+from producers.importer.csv_columns import ColumnPlan, plan_columns, row_to_record
 from producers.importer.fingerprint import fingerprint_for_skip
 from producers.importer.options import CsvOptions
 from producers.importer.source import LineSource
@@ -55,15 +55,35 @@ def jsonl_items(source: LineSource, *, min_id_length: int, max_record_bytes: int
             yield Good(record, fingerprint_for_skip(obj) if skip_unchanged else None)
 
 
+def csv_plan(source: LineSource, options: CsvOptions) -> ColumnPlan | None:
+    """The plan of the input's header (read now if the source is at its start); None for an empty input.
+
+    ConfigError for a header the flags do not fit, SourceError for one that is not CSV at all.
+    """
+    header_line = source.header()
+    if header_line is None:
+        return None
+    text = _text(header_line).lstrip("\ufeff")
+    if "\x00" in text:
+        raise SourceError(f"{source.info.name}: line 1 holds NUL bytes: a binary file, not CSV?")
+    if "\r" in text.rstrip("\r\n"):
+        # Without a newline the whole input is one line: CR-only line endings (old Mac exports).
+        raise SourceError(f"{source.info.name}: line 1 has a carriage return inside it: CR-only line endings? "
+                          "Convert them to newlines first (tr '\\r' '\\n')")  # fmt: skip
+    try:
+        header = next(csv.reader([text], delimiter=options.delimiter), [])
+    except csv.Error as exc:
+        raise SourceError(f"{source.info.name}: line 1 (the header) is not CSV ({exc}); is it a CSV file?") from None
+    return plan_columns(header, options)
+
+
 def csv_items(source: LineSource, options: CsvOptions, *, min_id_length: int, max_record_bytes: int,
               skip_unchanged: bool = False) -> Iterator[Item]:  # fmt: skip
     """Rows of a CSV input with a header; ConfigError before the first row if the header is unusable."""
-    lines = iter(source)
-    header_line = source.first_line if source.line > 0 else next(lines, None)
-    if header_line is None:
+    plan = csv_plan(source, options)
+    if plan is None:
         return
-    header = next(csv.reader([_text(header_line).lstrip("\ufeff")], delimiter=options.delimiter), [])
-    plan = plan_columns(header, options)
+    lines = iter(source)
     record_lines: list[bytes] = []
 
     def texts() -> Iterator[str]:

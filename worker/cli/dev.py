@@ -8,6 +8,7 @@ import sys
 import click
 import orjson
 
+from producers.contract.errors import ConfigError
 from worker.cli.common import friendly_errors
 
 
@@ -23,6 +24,7 @@ from worker.cli.common import friendly_errors
 )
 @click.option("--faults", metavar="JSON", default=None,
               help="Start misbehaving at once, as POST /_control would make it (for tests).")  # fmt: skip
+@friendly_errors
 def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str | None) -> None:
     """Run a local Amplitude-compatible /identify endpoint (for the demo and tests)."""
     from worker.devtools.local_amplitude import serve
@@ -38,7 +40,10 @@ def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str |
         click.echo(f"listening on http://{host}:{bound}", nl=True)
         sys.stdout.flush()
 
-    serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None)
+    try:
+        serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None)
+    except OSError as exc:  # binding the port is the only I/O before it serves
+        raise ConfigError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror or exc}") from None
 
 
 @click.command()
