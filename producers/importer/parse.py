@@ -9,6 +9,7 @@ rejected).  A CSV record may span lines (a quoted newline); its line number is t
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -19,7 +20,9 @@ from producers.importer.csv_columns import ColumnPlan, plan_columns, row_to_reco
 from producers.importer.fingerprint import fingerprint_for_skip
 from producers.importer.options import CsvOptions
 from producers.importer.source import LineSource
-from producers.record import ValidRecord, validate
+from producers.record import ValidRecord, check_unique_keys, validate
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class Good(NamedTuple):
@@ -41,12 +44,20 @@ Item = Good | Rejected
 def jsonl_items(source: LineSource, *, min_id_length: int, max_record_bytes: int,
                 skip_unchanged: bool = False) -> Iterator[Item]:  # fmt: skip
     loads = orjson.loads
-    for line in source:
+    lines = iter(source)
+    if source.line == 0:
+        # Exports written by Windows tools start with a byte order mark, which JSON does not allow.
+        first = next(lines, None)
+        if first is None:
+            return
+        lines = itertools.chain([first.removeprefix(UTF8_BOM)], lines)
+    for line in lines:
         if line.isspace():
             continue
         try:
             obj = loads(line)
             record = validate(obj, min_id_length=min_id_length, max_record_bytes=max_record_bytes)
+            check_unique_keys(line, record.data)
         except orjson.JSONDecodeError as exc:
             yield Rejected(source.line, InvalidRecord("", "bad_json", f"not valid JSON: {exc}"), line)
         except InvalidRecord as exc:

@@ -99,6 +99,8 @@ class Importer:
         self._sleep = sleep
         self._clock = clock
         self._jobs = JobStore(producer.client, producer.keys, producer.config.shards)
+        #: The job of the current run, once known (None: stdin without one).
+        self.job: str | None = None
         config = producer.config
         # A chunk larger than the cap could never fit, however long the import waited.
         self._chunk_size = max(1, min(self.options.chunk_size, config.max_queued))
@@ -115,7 +117,7 @@ class Importer:
         started = self._clock()
         info = describe_source(path)
         fmt = format_of(path, self.options.format)
-        job = self.options.job or default_job_name(info)
+        job = self.job = self.options.job or default_job_name(info)
         check_writable(self.options.rejects, "--rejects")
         with LineSource(info, stdin=self._stdin) as source:
             if fmt == "csv":
@@ -162,6 +164,10 @@ class Importer:
                     self._jobs.withdraw(job, token)
             raise
         return report
+
+    def recorded(self) -> JobState | None:
+        """The job's progress as Redis holds it (after an interruption: where --resume goes on)."""
+        return None if self.job is None else self._jobs.read(self.job)
 
     def _open_rejects(self, resume_after: int | None) -> RejectsFile | None:
         if not self.options.rejects:

@@ -44,7 +44,7 @@ from producers.contract.errors import (
 from producers.contract.settings import QueueConfig
 from producers.ingest.envelope import read_envelope
 from producers.ingest.settings import IngestSettings, token_digest
-from producers.record import CAMEL_CASE, EVENT_FIELDS, ValidRecord, validate
+from producers.record import CAMEL_CASE, EVENT_FIELDS, ValidRecord, repeated_key, validate
 
 IDENTIFY_PATH = "/identify"
 HEALTH_PATH = "/healthz"
@@ -116,6 +116,8 @@ def decide(request: Request, settings: IngestSettings) -> Accept | Answer:
         envelope = read_envelope(request.content_type, request.content_encoding, request.body)
         if token is None:
             authenticate(envelope.api_key, settings.token_digests)
+        if envelope.document is not None:
+            refuse_repeated_key(request.body, envelope.document, "")
         items = identifications(envelope.identification, settings.max_records)
     except RequestRefused as refused:
         return answer_refused(refused)
@@ -166,9 +168,10 @@ def identifications(value: Any, max_records: int) -> list[Any]:
             value = None
         else:
             try:
-                value = orjson.loads(value)
+                text, value = value, orjson.loads(value)
             except orjson.JSONDecodeError as exc:
                 raise MalformedRequest(f"Invalid request: identification is not valid JSON ({exc})") from None
+            refuse_repeated_key(text, value, "identification")
     if value is None:
         raise MalformedRequest("Request missing required field", missing_field="identification")
     if type(value) is dict:
@@ -180,6 +183,20 @@ def identifications(value: Any, max_records: int) -> list[Any]:
     if len(value) > max_records:
         raise RequestTooLarge(f"Payload too large: {len(value)} identifications, at most {max_records} per request")
     return value
+
+
+def refuse_repeated_key(text: bytes | str, value: Any, what: str) -> None:
+    """A key given twice in one JSON object refuses the request: JSON would keep one of the two
+    values silently (two user_ids: whose update is it?)."""
+    found = repeated_key(text, orjson.dumps(value))
+    if found is not None:
+        path, key = found
+        if not what:
+            where = path or "the JSON body"
+        else:
+            where = f"{what}{path if path.startswith('[') or not path else '.' + path}"
+        raise MalformedRequest(f"Invalid request: key {key!r} appears twice in {where} (JSON would keep only the "
+                               "last value)")  # fmt: skip
 
 
 def validate_all(

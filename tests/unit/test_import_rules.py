@@ -22,6 +22,7 @@ from producers.importer.options import (
 from producers.importer.report import Snapshot, duration, eta_s, progress_line, reject_entry, summary_line
 from producers.importer.run import FULL_WAIT_CAP_S, full_wait_s
 from producers.importer.source import SourceInfo
+from worker.cli.produce import interrupted_message, resume_command
 
 
 @pytest.mark.parametrize(
@@ -290,3 +291,36 @@ def test_a_reject_entry_keeps_the_line_and_why() -> None:
     entry = reject_entry(7, error, b'{"user_id": "usr", "x": "\xff"}\r\n')
     assert entry == (b'{"line":7,"field":"user_id","rule":"too_short","reason":"must be at least 5 characters, '
                      b'got 3","text":"{\\"user_id\\": \\"usr\\", \\"x\\": \\"\xef\xbf\xbd\\"}"}\n')  # fmt: skip
+
+
+RESUME_COMMANDS: list[tuple[str, dict[str, Any], str]] = [
+    # path, the options given on the command line, the command that goes on
+    ("/data/users.jsonl", {}, "identify-queue import /data/users.jsonl --resume"),
+    ("/data/u s.csv", {"maps": ("uid:user_id", "E mail:email"), "types": ("age=int",), "skip_unchanged": True},
+     "identify-queue import '/data/u s.csv' --map uid:user_id --map 'E mail:email' --type age=int --skip-unchanged "
+     "--resume"),
+    ("-", {"fmt": "csv", "job": "nightly", "chunk_size": 500, "restart": True},
+     "identify-queue import - --format csv --job nightly --chunk-size 500 --resume"),
+    ("/d/x.jsonl", {"resume": True, "rejects": "/d/rejects.jsonl", "skip_unchanged": False},
+     "identify-queue import /d/x.jsonl --rejects /d/rejects.jsonl --resume"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "given", "command"), RESUME_COMMANDS)
+def test_the_resume_command_repeats_the_flags_given(path: str, given: dict[str, Any], command: str) -> None:
+    assert resume_command(path, given) == command
+
+
+INTERRUPTED: list[tuple[str, str | None, Any, str]] = [
+    ("/d/x.jsonl", None, None, "cannot be resumed"),
+    ("/d/x.jsonl", "x", None, "before any line was enqueued; nothing is recorded: run the same command again"),
+    ("/d/x.jsonl", "x", JobState("r", "running", line=12_000, enqueued=11_990, rejected=10),
+     "interrupted at line 12,000 (11,990 enqueued, 10 rejected), recorded in job x; go on with: "
+     "identify-queue import /d/x.jsonl --resume"),
+    ("-", "x", JobState("r", "running", line=5), "go on by giving the same input again to: identify-queue import - "),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "job", "state", "says"), INTERRUPTED)
+def test_an_interrupted_import_says_where_and_how_to_go_on(path: str, job: str | None, state: Any, says: str) -> None:
+    assert says in interrupted_message(path, {}, job, state)
