@@ -157,7 +157,7 @@ def test_killed_at_any_moment_then_resumed_enqueues_every_line_exactly_once(
     # Then it goes on from there, and every line is queued exactly once
     assert code == 0, log.read_text()
     assert f"{lines:,} enqueued, 0 rejected, {lines:,} lines read" in out
-    assert f"resumed after line {killed_at}, {lines - killed_at} lines this run" in out
+    assert f"resumed after line {killed_at:,}, {lines - killed_at:,} lines this run" in out
     seqs = queued_seqs(redis_client, keys, queue_config.shards)
     assert len(seqs) == lines, f"{len(seqs) - lines:+} records"
     assert sorted(seqs) == list(range(lines))
