@@ -135,6 +135,13 @@ class LineSource:
             if self.first_line is None:
                 self.first_line = line
 
+    def skip(self, prefix: bytes) -> None:
+        """At the input's very start, step over ``prefix`` if the input starts with it (a byte order
+        mark): once, instead of a test on every line."""
+        if self.line == 0 and self.offset == 0 and self._reader.peek(len(prefix))[: len(prefix)] == prefix:
+            self._reader.read(len(prefix))
+            self.offset = len(prefix)
+
     def header(self) -> bytes | None:
         """The input's first line (None for an empty input), read now if the source is at its start."""
         if self.line == 0:
