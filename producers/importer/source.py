@@ -71,6 +71,9 @@ class _Counting(io.RawIOBase):
             n = min(len(buffer), len(self._prefix))
             buffer[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
+            if not self._prefix and n < len(buffer):
+                # Not a short read of the sniffed bytes alone: a peek at the start must see past them.
+                n += self._readinto(memoryview(buffer)[n:]) or 0
         else:
             n = self._readinto(buffer) or 0
         self.count += n

@@ -3,6 +3,7 @@ a mistyped flag on a finished job, a byte order mark, keys given twice (import, 
 
 from __future__ import annotations
 
+import gzip
 import os
 import shlex
 import signal
@@ -84,11 +85,19 @@ def test_a_mistyped_flag_is_refused_before_the_job_record_is_read_or_changed(
     assert jobs.read("nightly") == before
 
 
-def test_a_byte_order_mark_at_the_start_of_json_lines_is_skipped(queue_config: QueueConfig, tmp_path: Path) -> None:
-    path = tmp_path / "bom.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"user_id":"user-00001"}\n{"user_id":"user-00002"}\n')
-    code, out, err = cli(queue_config, "import", str(path))
-    assert (code, err) == (0, "")
+@pytest.mark.parametrize("kind", ["file", "gzip", "stdin"])
+def test_a_byte_order_mark_at_the_start_of_json_lines_is_skipped(queue_config: QueueConfig, tmp_path: Path,
+                                                                 kind: str) -> None:  # fmt: skip
+    data = b'\xef\xbb\xbf{"user_id":"user-00001"}\n{"user_id":"user-00002"}\n'
+    path = tmp_path / ("bom.jsonl.gz" if kind == "gzip" else "bom.jsonl")
+    path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
+    if kind == "stdin":
+        result = CliRunner().invoke(main, ["import", "-"], env=env_for(queue_config), input=data)
+        code, out = result.exit_code, result.stdout
+    else:
+        code, out, err = cli(queue_config, "import", str(path))
+        assert err == ""
+    assert code == 0
     assert out.startswith("2 enqueued, 0 rejected")
 
 
