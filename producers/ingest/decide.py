@@ -10,8 +10,10 @@ enqueue.  Checks, in order; each refuses the request as a whole, so nothing of i
     credentials   none (Authorization: Bearer, else the api_key field)    401
                   not a configured token                                  403
     identification absent, not JSON, not an object or non-empty array     400
+                  a key given twice in one JSON object                    400
                   more than IDENTIFY_INGEST_MAX_RECORDS                   413
-    records       any breaking a rule: 400 naming every one, Amplitude-style and per index
+    records       event fields dropped and counted, camelCase renamed (``as_identification``);
+                  any breaking a rule: 400 naming every one, Amplitude-style and per index
 
 Credentials are checked before the identification is even parsed (a Bearer header before the
 body is), so an unauthenticated client cannot make the endpoint parse or validate anything but
