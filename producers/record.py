@@ -171,15 +171,16 @@ def repeated_key(text: bytes | str, encoded: bytes) -> tuple[str, str] | None:
 
     JSON parsers, orjson included, keep the last value silently, so a record with two user_ids
     would be sent for one of them without a word.  ``encoded`` is orjson's compact encoding of what
-    was parsed from ``text``.  Outside strings, a colon follows each key and nothing else; inside
-    strings, text without a backslash is encoded byte for byte as it was written.  So when ``text``
-    has no backslash, equal colon counts mean equal key counts, and no key was dropped: two C-speed
-    counts, a negligible cost on an import's hot path.  Anything else is settled by the exact, slow
-    reading (``duplicate_key``).
+    was parsed from ``text``.  Text that starts with that encoding is it (a parse that passed leaves
+    only blanks after it), so nothing was dropped: what exports written by orjson-like encoders
+    show.  Otherwise, outside strings a colon follows each key and nothing else, and inside strings,
+    text without a backslash is encoded byte for byte as it was written: so when ``text`` has no
+    backslash, equal colon counts mean equal key counts.  These are C-speed tests; anything else is
+    settled by the exact, slow reading (``duplicate_key``).
     """
     raw = text if type(text) is bytes else str(text).encode("utf-8", "surrogatepass")
-    if b"\\" not in raw and raw.count(b":") == encoded.count(b":"):
-        return None
+    if raw.startswith(encoded) or (b"\\" not in raw and raw.count(b":") == encoded.count(b":")):
+        return None  # the text is its own encoding (then nothing was dropped), or as many keys
     return duplicate_key(raw)
 
 
