@@ -37,6 +37,24 @@ DEVICE_FIELDS = (
 )  # fmt: skip
 FIELDS = (*ID_FIELDS, "user_properties", "groups", *DEVICE_FIELDS)
 _FIELD_SET = frozenset(FIELDS)
+
+#: Keys of an *event* in Amplitude's HTTP V2 API that an identification does not have.  Clients
+#: built for both endpoints send some of them to /identify as well (the npm ``amplitude`` client
+#: adds ``session_id`` from its options, and its documented identify example has
+#: ``event_properties``); Amplitude ignores them there.  The Python producer refuses them, naming
+#: them as event fields; the ingest endpoint drops and counts them.
+EVENT_FIELDS = frozenset(
+    {"event_type", "event_properties", "group_properties", "time", "session_id", "insert_id", "event_id",
+     "location_lat", "location_lng", "ip", "idfa", "idfv", "adid", "android_id", "android_app_set_id",
+     "version_name", "library", "plan", "ingestion_metadata", "price", "quantity", "revenue", "productId",
+     "revenueType", "currency", "partner_id", "user_agent",
+     # the camelCase spellings client libraries accept for them
+     "eventType", "eventProperties", "groupProperties", "sessionId", "insertId", "eventId", "locationLat",
+     "locationLng", "versionName", "androidId", "appSetId", "partnerId", "ingestionMetadata", "userAgent"}
+)  # fmt: skip
+
+#: The camelCase spelling of each identification field, as JavaScript clients write them.
+CAMEL_CASE = {"".join(w.capitalize() if i else w for i, w in enumerate(f.split("_"))): f for f in FIELDS if "_" in f}
 _STRING_FIELDS = frozenset(DEVICE_FIELDS)
 
 #: Operations on user properties.  ``$clearAll`` wipes every property and stands alone.
@@ -127,12 +145,83 @@ def compact_json(obj: Any) -> bytes:
 
 
 def validate_json(line: bytes | str, **limits: int) -> ValidRecord:
-    """Parse one JSON document (strict: UTF-8, no NaN) and validate it."""
+    """Parse one JSON document (strict: UTF-8, no NaN, no key twice in an object) and validate it."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise InvalidRecord("", "bad_json", f"not valid JSON: {exc}") from None
-    return validate(obj, **limits)
+    record = validate(obj, **limits)
+    check_unique_keys(line, record.data)
+    return record
+
+
+# -- keys given twice -------------------------------------------------------------------------------
+def check_unique_keys(text: bytes | str, encoded: bytes) -> None:
+    """InvalidRecord (``duplicate_key``) when an object of the JSON ``text`` gives a key twice;
+    ``encoded`` is orjson's compact encoding of what was parsed from it (see ``repeated_key``)."""
+    found = repeated_key(text, encoded)
+    if found is not None:
+        path, key = found
+        raise InvalidRecord(f"{path}.{key}" if path else key, "duplicate_key",
+                            f"key {key!r} appears twice in one object (JSON would keep only the last)")  # fmt: skip
+
+
+def repeated_key(text: bytes | str, encoded: bytes) -> tuple[str, str] | None:
+    """The first key given twice in one object of the JSON ``text``: (the object's path, the key).
+
+    JSON parsers, orjson included, keep the last value silently, so a record with two user_ids
+    would be sent for one of them without a word.  ``encoded`` is orjson's compact encoding of what
+    was parsed from ``text``.  Text that starts with that encoding is it (a parse that passed leaves
+    only blanks after it), so nothing was dropped: what exports written by orjson-like encoders
+    show.  Otherwise, outside strings a colon follows each key and nothing else, and inside strings,
+    text without a backslash is encoded byte for byte as it was written: so when ``text`` has no
+    backslash, equal colon counts mean equal key counts.  These are C-speed tests; anything else is
+    settled by the exact, slow reading (``duplicate_key``).
+    """
+    raw = text if type(text) is bytes else str(text).encode("utf-8", "surrogatepass")
+    if raw.startswith(encoded) or (b"\\" not in raw and raw.count(b":") == encoded.count(b":")):
+        return None  # the text is its own encoding (then nothing was dropped), or as many keys
+    return duplicate_key(raw)
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object that gave ``key`` more than once."""
+
+    key = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            repeated = _Repeated(pairs)
+            repeated.key = key
+            return repeated
+        obj[key] = value
+    return obj
+
+
+def duplicate_key(raw: bytes | str) -> tuple[str, str] | None:
+    """The first key given twice in one object of the JSON ``raw``: (the object's path, such as
+    ``[2].user_properties.$set``, and the key); None when none is, or ``raw`` is not JSON."""
+    import json  # the exact reading is the rare path: only it needs the slower parser
+
+    try:
+        value = json.loads(raw, object_pairs_hook=_object)
+    except ValueError:
+        return None
+    return _first_repeated(value, [])
+
+
+def _first_repeated(value: Any, parts: list[str]) -> tuple[str, str] | None:
+    if type(value) is _Repeated:
+        return _path(parts), value.key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _first_repeated(item, [*parts, f"[{key}]" if type(key) is int else str(key)])
+        if found is not None:
+            return found
+    return None
 
 
 def _check_top(obj: dict[str, Any], min_id_length: int) -> str:
@@ -158,9 +247,25 @@ def _check_top(obj: dict[str, Any], min_id_length: int) -> str:
 
 
 def _unknown_field(name: str) -> None:
-    hint = difflib.get_close_matches(name, FIELDS, n=1)
-    tip = f" (did you mean {hint[0]}?)" if hint else f"; known fields: {', '.join(FIELDS)}"
-    raise _Bad("unknown_field", f"unknown field{tip}", [name])
+    raise _Bad("unknown_field", unknown_field_message(name), [name])
+
+
+def unknown_field_message(name: str) -> str:
+    """Why ``name`` is not a field, with a hint only where the hint is sure to be right.
+
+    A loose match misleads (``session_id`` is not a misspelt ``os_version``), so a near spelling
+    is offered only when it is very close, and the names of event fields and camelCase spellings
+    are recognised by list.
+    """
+    if name in EVENT_FIELDS:
+        return ("unknown field: it belongs to events (HTTP V2 /2/httpapi), not to identifications, "
+                "and Amplitude ignores it in /identify; leave it out")  # fmt: skip
+    if name in CAMEL_CASE:
+        return f"unknown field (write it {CAMEL_CASE[name]})"
+    hint = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.8)
+    if hint:
+        return f"unknown field (did you mean {hint[0]}?)"
+    return f"unknown field; known fields: {', '.join(FIELDS)}"
 
 
 def _check_id(obj: dict[str, Any], name: str, min_length: int) -> str | None:

@@ -348,6 +348,9 @@ def store_errors(action: str) -> Iterator[None]:
         if "no permissions" in str(exc).lower():
             raise StoreError(f"{action}: {permission_hint(str(exc))}") from exc
         raise StoreError(f"{action}: Redis refused the command ({exc})") from exc
+    except redis.InvalidResponse as exc:
+        raise StoreError(f"{action}: the server at REDIS_URL does not speak Redis's protocol (another kind of "
+                         f"server on that port? {exc})") from exc  # fmt: skip
     except redis.RedisError as exc:
         raise StoreError(f"{action}: Redis failed ({type(exc).__name__}: {exc})") from exc
 

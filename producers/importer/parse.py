@@ -14,12 +14,14 @@ from typing import NamedTuple
 
 import orjson
 
-from producers.contract.errors import InvalidRecord
-from producers.importer.csv_columns import plan_columns, row_to_record
+from producers.contract.errors import InvalidRecord, SourceError
+from producers.importer.csv_columns import ColumnPlan, plan_columns, row_to_record
 from producers.importer.fingerprint import fingerprint_for_skip
 from producers.importer.options import CsvOptions
 from producers.importer.source import LineSource
-from producers.record import ValidRecord, validate
+from producers.record import ValidRecord, check_unique_keys, validate
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class Good(NamedTuple):
@@ -41,12 +43,20 @@ Item = Good | Rejected
 def jsonl_items(source: LineSource, *, min_id_length: int, max_record_bytes: int,
                 skip_unchanged: bool = False) -> Iterator[Item]:  # fmt: skip
     loads = orjson.loads
+    count = bytes.count
+    # Exports written by Windows tools start with a byte order mark, which JSON does not allow.
+    source.skip(UTF8_BOM)
     for line in source:
         if line.isspace():
             continue
         try:
             obj = loads(line)
             record = validate(obj, min_id_length=min_id_length, max_record_bytes=max_record_bytes)
+            # check_unique_keys's quick tests, inline: a call per line costs as much as the tests.  A
+            # line written as orjson writes it (most exports) starts with its own encoding.
+            data = record.data
+            if not line.startswith(data) and (count(line, b":") != count(data, b":") or b"\\" in line):
+                check_unique_keys(line, data)
         except orjson.JSONDecodeError as exc:
             yield Rejected(source.line, InvalidRecord("", "bad_json", f"not valid JSON: {exc}"), line)
         except InvalidRecord as exc:
@@ -55,15 +65,35 @@ def jsonl_items(source: LineSource, *, min_id_length: int, max_record_bytes: int
             yield Good(record, fingerprint_for_skip(obj) if skip_unchanged else None)
 
 
+def csv_plan(source: LineSource, options: CsvOptions) -> ColumnPlan | None:
+    """The plan of the input's header (read now if the source is at its start); None for an empty input.
+
+    ConfigError for a header the flags do not fit, SourceError for one that is not CSV at all.
+    """
+    header_line = source.header()
+    if header_line is None:
+        return None
+    text = _text(header_line).lstrip("\ufeff")
+    if "\x00" in text:
+        raise SourceError(f"{source.info.name}: line 1 holds NUL bytes: a binary file, not CSV?")
+    if "\r" in text.rstrip("\r\n"):
+        # Without a newline the whole input is one line: CR-only line endings (old Mac exports).
+        raise SourceError(f"{source.info.name}: line 1 has a carriage return inside it: CR-only line endings? "
+                          "Convert them to newlines first (tr '\\r' '\\n')")  # fmt: skip
+    try:
+        header = next(csv.reader([text], delimiter=options.delimiter), [])
+    except csv.Error as exc:
+        raise SourceError(f"{source.info.name}: line 1 (the header) is not CSV ({exc}); is it a CSV file?") from None
+    return plan_columns(header, options)
+
+
 def csv_items(source: LineSource, options: CsvOptions, *, min_id_length: int, max_record_bytes: int,
               skip_unchanged: bool = False) -> Iterator[Item]:  # fmt: skip
     """Rows of a CSV input with a header; ConfigError before the first row if the header is unusable."""
-    lines = iter(source)
-    header_line = source.first_line if source.line > 0 else next(lines, None)
-    if header_line is None:
+    plan = csv_plan(source, options)
+    if plan is None:
         return
-    header = next(csv.reader([_text(header_line).lstrip("\ufeff")], delimiter=options.delimiter), [])
-    plan = plan_columns(header, options)
+    lines = iter(source)
     record_lines: list[bytes] = []
 
     def texts() -> Iterator[str]:

@@ -1,10 +1,11 @@
 """What an import tells its operator: progress while it runs, each rejected line, a summary at the end.
 
-On a terminal, a tqdm bar over the input's bytes (compressed bytes for gzip) gives rate and ETA;
-elsewhere (cron, CI, a log file) a plain line every ``--progress-every`` seconds does.  Rejected
-lines go to stderr (``line 7: user_id: ...``) and, with ``--rejects PATH``, to a JSON Lines file.
-tqdm is imported only when a bar is shown, so ``producers`` still needs only redis and orjson.
-The text is built by pure functions (tested with tables); the classes only write it.
+On a terminal, one line redrawn in place gives the rate, the counts, the ETA and a bar over the
+input's bytes (compressed bytes for gzip), fitted to the terminal's width; elsewhere (cron, CI, a
+log file) a plain line every ``--progress-every`` seconds does.  Rejected lines go to stderr
+(``line 7: user_id: ...``) and, with ``--rejects PATH``, to a JSON Lines file.  Every number is
+written with thousands separators, on every line.  The text is built by pure functions (tested
+with tables); the classes only write it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 import orjson
 
@@ -74,10 +75,10 @@ def progress_line(snap: Snapshot) -> str:
 
 def summary_line(snap: Snapshot, job: str | None, resumed_from: int) -> str:
     """The last line of an import.  Its start is a stable interface: "N enqueued, N rejected, N lines read"."""
-    text = (f"{snap.enqueued} enqueued, {snap.rejected} rejected, {snap.lines} lines read, "
-            f"{snap.skipped} skipped unchanged; {duration(snap.elapsed_s)} ({rate(snap):,.0f} lines/s)")  # fmt: skip
+    text = (f"{snap.enqueued:,} enqueued, {snap.rejected:,} rejected, {snap.lines:,} lines read, "
+            f"{snap.skipped:,} skipped unchanged; {duration(snap.elapsed_s)} ({rate(snap):,.0f} lines/s)")  # fmt: skip
     if resumed_from:
-        text += f"; resumed after line {resumed_from}, {snap.lines_this_run} lines this run"
+        text += f"; resumed after line {resumed_from:,}, {snap.lines_this_run:,} lines this run"
     if job:
         text += f"; job {job}"
     return text
@@ -134,36 +135,97 @@ class QuietDisplay(LineDisplay):
         super().__init__(stream, float("inf"))
 
 
+#: The width assumed when a terminal reports none (0 columns, or no size at all).
+FALLBACK_WIDTH = 80
+#: A bar narrower than this says nothing; the line shows the numbers alone.
+MIN_BAR = 10
+
+
+def terminal_width(columns: int | None) -> int:
+    """The width to draw in: the terminal's, or ``FALLBACK_WIDTH`` when it reports none."""
+    return columns if columns and columns > 0 else FALLBACK_WIDTH
+
+
+def bar_line(snap: Snapshot, width: int) -> str:
+    """The progress line for a terminal ``width`` columns wide, at most ``width - 1`` characters
+    (writing the last column wraps on some terminals).
+
+    The rate and the counts come first; the percentage and ETA next; the bar takes what is left.
+    On a narrow terminal the bar goes first, then the ETA, then the counts that matter least.
+    """
+    room = max(1, width - 1)
+    counts = [f"{snap.lines:,} lines", f"{snap.enqueued:,} enqueued", f"{snap.rejected:,} rejected",
+              f"{snap.skipped:,} unchanged"]  # fmt: skip
+    head = f"{rate(snap):,.0f} lines/s"
+    tail: list[str] = []
+    fraction = None
+    if snap.total:
+        fraction = min(1.0, snap.consumed / snap.total)
+        tail.append(f"{100 * fraction:.0f}%")
+        left = eta_s(snap)
+        tail.append(f"ETA {duration(left)}" if left is not None else "ETA -")
+    while True:
+        text = " | ".join([head, ", ".join(counts), *([" ".join(tail)] if tail else [])])
+        if len(text) <= room:
+            inner = room - len(text) - 3
+            if fraction is None or inner < MIN_BAR:
+                return text
+            filled = round(inner * fraction)
+            return f"{text} [{'#' * filled}{'.' * (inner - filled)}]"
+        if len(tail) > 1:
+            tail.pop()  # the ETA
+        elif len(counts) > 2:
+            counts.pop()  # unchanged, then rejected: lines and enqueued stay longest
+        else:
+            return text[:room]
+
+
 class BarDisplay:
-    """A terminal: tqdm over the source's bytes (rate, ETA), or over lines for stdin."""
+    """A terminal: one line redrawn in place, fitted to the terminal's width at each redraw."""
 
-    def __init__(self, stream: TextIO) -> None:
-        from tqdm import tqdm  # only here: a bar is the only reason producers would need tqdm
+    #: Redraws at most this often: a chunk of a fast import takes a few milliseconds.
+    EVERY_S = 0.1
 
-        self._tqdm = tqdm
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic,
+                 columns: Callable[[], int | None] | None = None) -> None:  # fmt: skip
         self._stream = stream
-        self._bar: Any = None
-        self._by_bytes = False
+        self._clock = clock
+        self._columns = columns or self._terminal_columns
+        self._last = float("-inf")
+        self._snap: Snapshot | None = None
+
+    def _terminal_columns(self) -> int | None:
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def start(self, total: int | None, initial: int) -> None:
-        self._by_bytes = total is not None
-        options: dict[str, Any] = (
-            {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if total else {"unit": " lines"}
-        )
-        self._bar = self._tqdm(total=total, initial=initial, file=self._stream, dynamic_ncols=True, smoothing=0.1,
-                               **options)  # fmt: skip
+        pass  # each snapshot carries the total and what was read before this run
 
     def update(self, snap: Snapshot) -> None:
-        self._bar.set_postfix_str(f"{snap.lines:,} lines, {snap.enqueued:,} enqueued, {snap.rejected:,} rejected, "
-                                  f"{snap.skipped:,} unchanged, {rate(snap):,.0f} lines/s", refresh=False)  # fmt: skip
-        self._bar.update((snap.consumed if self._by_bytes else snap.lines) - self._bar.n)
+        self._snap = snap
+        now = self._clock()
+        if now - self._last >= self.EVERY_S:
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        if self._snap is not None:
+            line = bar_line(self._snap, terminal_width(self._columns()))
+            self._stream.write(f"\r\x1b[K{line}")
+            self._stream.flush()
 
     def note(self, text: str) -> None:
-        self._tqdm.write(text, file=self._stream)
+        self._stream.write(f"\r\x1b[K{text}\n")
+        self._draw()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self._snap is not None:
+            self._draw()
+            self._stream.write("\n")
+            self._stream.flush()
+            self._snap = None
 
 
 def make_display(mode: str, stream: TextIO, *, every_s: float = 5.0) -> Display:

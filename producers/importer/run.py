@@ -23,16 +23,18 @@ out records equal to their user's last one (``fingerprint.py``).  Nothing but on
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from producers.contract.errors import ConfigError, QueueFull, SourceError
+from producers.contract.errors import ConfigError, IdentifyQueueError, QueueFull
 from producers.importer.job import JOB_TTL_MS, Action, JobState, JobStore, default_job_name, identity
 from producers.importer.options import ImportOptions, format_of
-from producers.importer.parse import Good, Item, Rejected, csv_items, jsonl_items
+from producers.importer.parse import Good, Item, Rejected, csv_items, csv_plan, jsonl_items
 from producers.importer.report import Display, QuietDisplay, RejectsFile, Snapshot
 from producers.importer.source import LineSource, SourceInfo, describe_source
 from producers.producer import IdentifyProducer, JobProgress
@@ -44,6 +46,19 @@ FULL_WAIT_BASE_S = 0.1
 FULL_WAIT_CAP_S = 5.0
 #: While the queue stays full, say so again at most this often.
 FULL_NOTE_EVERY_S = 30.0
+
+
+def check_writable(path: str | None, flag: str) -> None:
+    """ConfigError naming ``flag`` when ``path`` could not be created or written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag}: {path} is a directory")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag}: cannot write {path}: no folder {folder}")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise ConfigError(f"{flag}: cannot write {path}: permission denied")
 
 
 def full_wait_s(attempt: int) -> float:
@@ -84,6 +99,8 @@ class Importer:
         self._sleep = sleep
         self._clock = clock
         self._jobs = JobStore(producer.client, producer.keys, producer.config.shards)
+        #: The job of the current run, once known (None: stdin without one).
+        self.job: str | None = None
         config = producer.config
         # A chunk larger than the cap could never fit, however long the import waited.
         self._chunk_size = max(1, min(self.options.chunk_size, config.max_queued))
@@ -91,11 +108,24 @@ class Importer:
 
     def run(self, path: str) -> ImportReport:
         """Import ``path`` ("-": stdin); the report holds the job's counts.  Raises ConfigError,
-        ImportJobError, SourceError, StoreError, QueueMismatch (see ``producers/contract/errors.py``)."""
+        ImportJobError, SourceError, StoreError, QueueMismatch (see ``producers/contract/errors.py``).
+
+        Everything that can be judged without the job's record (the flags, the input, a CSV header
+        against ``--map``/``--type``/``--ignore``) is judged before the record is read or changed:
+        a mistyped flag must not start over, nor mark interrupted, a job it never ran.
+        """
         started = self._clock()
         info = describe_source(path)
         fmt = format_of(path, self.options.format)
-        job = self.options.job or default_job_name(info)
+        job = self.job = self.options.job or default_job_name(info)
+        check_writable(self.options.rejects, "--rejects")
+        with LineSource(info, stdin=self._stdin) as source:
+            if fmt == "csv":
+                csv_plan(source, self.options.csv)
+            return self._run_job(source, info, fmt, job, started)
+
+    def _run_job(self, source: LineSource, info: SourceInfo, fmt: str, job: str | None,
+                 started: float) -> ImportReport:  # fmt: skip
         stored: JobState | None = None
         token = ""
         fresh = False
@@ -114,26 +144,38 @@ class Importer:
         report = ImportReport(job)
         if stored is not None:
             report = ImportReport(job, stored.line, stored.enqueued, stored.rejected, stored.skipped, stored.line)
-        rejects = self._open_rejects(report.resumed_from if stored is not None else None)
+        run: _Run | None = None
         try:
-            with LineSource(info, start_line=report.resumed_from, start_offset=stored.offset if stored else 0,
-                            stdin=self._stdin) as source:  # fmt: skip
-                _Run(self, source, info, report, token=token, rejects=rejects, started=started).go(
-                    self._items(source, fmt)
-                )
-        except (ConfigError, SourceError):
-            # A header or flag mistake found on reading the input: nothing was imported, so the job
-            # must not look interrupted to the next run.
-            if job is not None and fresh:
-                self._jobs.withdraw(job, token)
+            rejects = self._open_rejects(report.resumed_from if stored is not None else None)
+            try:
+                if stored is not None:
+                    source.go_to(stored.line, stored.offset)
+                run = _Run(self, source, info, report, token=token, rejects=rejects, started=started)
+                run.go(self._items(source, fmt))
+            finally:
+                if rejects is not None:
+                    rejects.close()
+        except BaseException:
+            # Stopped before its first chunk (an unreadable line, Ctrl-C at once): nothing was
+            # imported, so a fresh job must not look interrupted to the next run, which would then
+            # refuse to start without --resume.
+            if job is not None and fresh and (run is None or not run.committed):
+                with contextlib.suppress(IdentifyQueueError):
+                    self._jobs.withdraw(job, token)
             raise
-        finally:
-            if rejects is not None:
-                rejects.close()
         return report
 
+    def recorded(self) -> JobState | None:
+        """The job's progress as Redis holds it (after an interruption: where --resume goes on)."""
+        return None if self.job is None else self._jobs.read(self.job)
+
     def _open_rejects(self, resume_after: int | None) -> RejectsFile | None:
-        return RejectsFile(self.options.rejects, resume_after=resume_after) if self.options.rejects else None
+        if not self.options.rejects:
+            return None
+        try:
+            return RejectsFile(self.options.rejects, resume_after=resume_after)
+        except OSError as exc:
+            raise ConfigError(f"--rejects: cannot write {self.options.rejects}: {exc.strerror or exc}") from None
 
     def _items(self, source: LineSource, fmt: str) -> Iterator[Item]:
         if fmt == "csv":
@@ -159,6 +201,8 @@ class _Run:
         self.first_line = report.lines
         self.consumed_at_start = source.consumed()
         self.display.start(info.size, self.consumed_at_start)
+        #: Whether a chunk of this run reached Redis (then the job's record holds where it stopped).
+        self.committed = False
         self.ttl_ms = int(self.options.fingerprint_ttl_s * 1000)
 
     def go(self, items: Iterator[Item]) -> None:
@@ -199,6 +243,7 @@ class _Run:
         if report.job is not None:
             progress = JobProgress(report.job, self.token, source.line, source.offset, rejected, finished, JOB_TTL_MS)
         enqueued = skipped = 0
+        self.committed = True  # from here on Redis may hold part of the chunk
         if records:
             enqueued, skipped = self.enqueue_waiting(records, lines, fingerprints, progress)
         if report.job is not None:

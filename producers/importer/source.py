@@ -71,6 +71,9 @@ class _Counting(io.RawIOBase):
             n = min(len(buffer), len(self._prefix))
             buffer[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
+            if not self._prefix and n < len(buffer):
+                # Not a short read of the sniffed bytes alone: a peek at the start must see past them.
+                n += self._readinto(memoryview(buffer)[n:]) or 0
         else:
             n = self._readinto(buffer) or 0
         self.count += n
@@ -125,14 +128,43 @@ class LineSource:
 
     def _skip(self, lines: int) -> None:
         """Read and drop ``lines`` lines (gzip and stdin cannot seek); keep the first one."""
+        target = self.line + lines
         it = iter(self)
         for _ in range(lines):
             line = next(it, None)
             if line is None:
-                raise SourceError(f"{self.info.name} has only {self.line} lines; the job had read {lines}: "
+                raise SourceError(f"{self.info.name} has only {self.line} lines; the job had read {target}: "
                                   "is this the same input?")  # fmt: skip
             if self.first_line is None:
                 self.first_line = line
+
+    def skip(self, prefix: bytes) -> None:
+        """At the input's very start, step over ``prefix`` if the input starts with it (a byte order
+        mark): once, instead of a test on every line."""
+        if self.line == 0 and self.offset == 0 and self._reader.peek(len(prefix))[: len(prefix)] == prefix:
+            self._reader.read(len(prefix))
+            self.offset = len(prefix)
+
+    def header(self) -> bytes | None:
+        """The input's first line (None for an empty input), read now if the source is at its start."""
+        if self.line == 0:
+            self.first_line = next(iter(self), None)
+        return self.first_line
+
+    def go_to(self, line: int, offset: int) -> None:
+        """Stand after ``line`` lines (``offset`` bytes, uncompressed), from wherever the source stands
+        before them: a plain file seeks, gzip and stdin read and drop."""
+        if line <= self.line:
+            return
+        if self._file is not None and not self.gzip:
+            self.header()
+            self._reader.detach()  # else dropping the old reader would close the raw file under the new one
+            self._file.seek(offset)
+            self._counting.count = offset
+            self.line, self.offset = line, offset
+            self._reader = io.BufferedReader(self._counting, _READ_BUFFER)
+            return
+        self._skip(line - self.line)
 
     def __iter__(self) -> Iterator[bytes]:
         readline = self._reader.readline

@@ -10,8 +10,10 @@ enqueue.  Checks, in order; each refuses the request as a whole, so nothing of i
     credentials   none (Authorization: Bearer, else the api_key field)    401
                   not a configured token                                  403
     identification absent, not JSON, not an object or non-empty array     400
+                  a key given twice in one JSON object                    400
                   more than IDENTIFY_INGEST_MAX_RECORDS                   413
-    records       any breaking a rule: 400 naming every one, Amplitude-style and per index
+    records       event fields dropped and counted, camelCase renamed (``as_identification``);
+                  any breaking a rule: 400 naming every one, Amplitude-style and per index
 
 Credentials are checked before the identification is even parsed (a Bearer header before the
 body is), so an unauthenticated client cannot make the endpoint parse or validate anything but
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -44,7 +46,7 @@ from producers.contract.errors import (
 from producers.contract.settings import QueueConfig
 from producers.ingest.envelope import read_envelope
 from producers.ingest.settings import IngestSettings, token_digest
-from producers.record import ValidRecord, validate
+from producers.record import CAMEL_CASE, EVENT_FIELDS, ValidRecord, repeated_key, validate
 
 IDENTIFY_PATH = "/identify"
 HEALTH_PATH = "/healthz"
@@ -81,6 +83,8 @@ class Accept:
 
     records: Sequence[ValidRecord]
     payload_bytes: int
+    #: Event fields dropped from the records, by name as sent: how many records had each.
+    ignored: Mapping[str, int] = field(default_factory=dict)
 
 
 # -- routing and the whole decision ------------------------------------------------------------------
@@ -114,13 +118,15 @@ def decide(request: Request, settings: IngestSettings) -> Accept | Answer:
         envelope = read_envelope(request.content_type, request.content_encoding, request.body)
         if token is None:
             authenticate(envelope.api_key, settings.token_digests)
+        if envelope.document is not None:
+            refuse_repeated_key(request.body, envelope.document, "")
         items = identifications(envelope.identification, settings.max_records)
     except RequestRefused as refused:
         return answer_refused(refused)
-    valid, rejected = validate_all(items, settings.queue)
+    valid, rejected, ignored = validate_all(items, settings.queue)
     if rejected:
         return answer_invalid(rejected, len(items))
-    return Accept(valid, len(request.body))
+    return Accept(valid, len(request.body), ignored)
 
 
 # -- credentials -----------------------------------------------------------------------------------
@@ -164,9 +170,10 @@ def identifications(value: Any, max_records: int) -> list[Any]:
             value = None
         else:
             try:
-                value = orjson.loads(value)
+                text, value = value, orjson.loads(value)
             except orjson.JSONDecodeError as exc:
                 raise MalformedRequest(f"Invalid request: identification is not valid JSON ({exc})") from None
+            refuse_repeated_key(text, value, "identification")
     if value is None:
         raise MalformedRequest("Request missing required field", missing_field="identification")
     if type(value) is dict:
@@ -180,22 +187,74 @@ def identifications(value: Any, max_records: int) -> list[Any]:
     return value
 
 
-def validate_all(items: Sequence[Any], queue: QueueConfig) -> tuple[list[ValidRecord], list[InvalidRecord]]:
-    """Every item validated with the producers' rules and limits; all rejections, with their index."""
+def refuse_repeated_key(text: bytes | str, value: Any, what: str) -> None:
+    """A key given twice in one JSON object refuses the request: JSON would keep one of the two
+    values silently (two user_ids: whose update is it?)."""
+    found = repeated_key(text, orjson.dumps(value))
+    if found is not None:
+        path, key = found
+        if not what:
+            where = path or "the JSON body"
+        else:
+            where = f"{what}{path if path.startswith('[') or not path else '.' + path}"
+        raise MalformedRequest(f"Invalid request: key {key!r} appears twice in {where} (JSON would keep only the "
+                               "last value)")  # fmt: skip
+
+
+def validate_all(
+    items: Sequence[Any], queue: QueueConfig
+) -> tuple[list[ValidRecord], list[InvalidRecord], dict[str, int]]:
+    """Every item as an identification (``as_identification``) validated with the producers' rules
+    and limits; all rejections, with their index; how many records had each event field dropped."""
     valid: list[ValidRecord] = []
     rejected: list[InvalidRecord] = []
+    ignored: dict[str, int] = {}
     for index, item in enumerate(items):
         try:
-            valid.append(validate(item, min_id_length=queue.min_id_length, max_record_bytes=queue.max_record_bytes))
+            record, dropped = as_identification(item)
+            valid.append(validate(record, min_id_length=queue.min_id_length, max_record_bytes=queue.max_record_bytes))
         except InvalidRecord as exc:
             rejected.append(exc.at(index))
-    return valid, rejected
+            continue
+        for name in dropped:
+            ignored[name] = ignored.get(name, 0) + 1
+    return valid, rejected, ignored
+
+
+def as_identification(item: Any) -> tuple[Any, tuple[str, ...]]:
+    """What an Amplitude client sent to /identify, as the identification Amplitude reads from it.
+
+    Clients written for both of Amplitude's endpoints send event fields along (``session_id``,
+    ``event_properties``...): Amplitude ignores them in /identify, so they are dropped here, and
+    named in the answer.  camelCase spellings of identification fields (``userId``) are renamed;
+    one given in both spellings is refused, as neither can be said to win.  Anything else is left
+    for ``validate`` to judge, so an unknown field is still refused.
+    """
+    if type(item) is not dict:
+        return item, ()
+    if not any(name in EVENT_FIELDS or name in CAMEL_CASE for name in item):
+        return item, ()  # what nearly every request holds: nothing to copy
+    record: dict[Any, Any] = {}
+    dropped: list[str] = []
+    for name, value in item.items():
+        if name in EVENT_FIELDS:
+            dropped.append(name)
+            continue
+        target: Any = CAMEL_CASE.get(name, name)
+        if target in record or (target != name and target in item):
+            raise InvalidRecord(str(target), "duplicate_field", f"given both as {target} and as {name}")
+        record[target] = value
+    return record, tuple(dropped)
 
 
 # -- answers ---------------------------------------------------------------------------------------
-def answer_accepted(count: int, payload_bytes: int, now_ms: int) -> Answer:
-    return Answer(200, {"code": 200, "events_ingested": count, "payload_size_bytes": payload_bytes,
-                        "server_upload_time": now_ms})  # fmt: skip
+def answer_accepted(count: int, payload_bytes: int, now_ms: int, ignored: Mapping[str, int] | None = None) -> Answer:
+    """Amplitude's 200, and ``ignored_fields`` (field -> records) when event fields were dropped."""
+    body: dict[str, Any] = {"code": 200, "events_ingested": count, "payload_size_bytes": payload_bytes,
+                            "server_upload_time": now_ms}  # fmt: skip
+    if ignored:
+        body["ignored_fields"] = dict(ignored)
+    return Answer(200, body)
 
 
 def answer_refused(refused: RequestRefused) -> Answer:

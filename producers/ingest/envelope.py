@@ -44,6 +44,9 @@ class Envelope:
 
     api_key: str | None
     identification: Any = None
+    #: The whole parsed body of a JSON request (None for a form), for checks made once the client
+    #: is authenticated.
+    document: Any = None
 
 
 def read_envelope(content_type: str, content_encoding: str, body: bytes) -> Envelope:
@@ -121,7 +124,7 @@ def _from_json(body: bytes) -> Envelope:
     api_key = doc.get("api_key", doc.get("api-key"))
     if api_key is not None and type(api_key) is not str:
         raise MalformedRequest("Invalid request: api_key must be a string")
-    return Envelope(api_key, doc.get("identification"))
+    return Envelope(api_key, doc.get("identification"), doc)
 
 
 def _text(value: bytes, what: str) -> str:

@@ -8,6 +8,8 @@ waitress is imported there and only there, so ``import producers`` stays light.
 
 Neither the token nor a request body is ever logged: log lines carry the status, the client's
 address and the answer's own message, which the decisions write without quoting credentials.
+Whatever of a request is logged (method, path, address, a message quoting a header) is escaped
+and cut first, so a request cannot write a line of its own into the log.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from producers.contract import logs
 from producers.contract.connection import describe
 from producers.contract.entry import now_ms
 from producers.contract.errors import ConfigError, QueueFull, QueueMismatch, RequestRefused, StoreError
+from producers.contract.logs import printable
 from producers.ingest.decide import (
     Accept,
     Answer,
@@ -62,7 +65,7 @@ class IngestApp:
             else:
                 answer = self._identify(environ)
         except Exception:
-            log.exception("%s %s: unexpected error", method, path)
+            log.exception("%s %s: unexpected error", printable(method, 20), printable(path))
             answer = answer_internal()
         self._log(environ, method, path, answer)
         body = answer.encode()
@@ -92,7 +95,7 @@ class IngestApp:
             if not isinstance(exc, QueueFull):
                 log.error("enqueue failed: %s", exc)
             return answer_failure(exc, self.settings.retry_after_s)
-        return answer_accepted(count, decision.payload_bytes, now_ms())
+        return answer_accepted(count, decision.payload_bytes, now_ms(), decision.ignored)
 
     def _redis_ok(self) -> bool:
         try:
@@ -104,13 +107,16 @@ class IngestApp:
 
     @staticmethod
     def _log(environ: dict[str, Any], method: str, path: str, answer: Answer) -> None:
-        client = environ.get("REMOTE_ADDR", "-")
+        # Every part that comes from the request is escaped and cut (logs.printable): a path with
+        # %0A would otherwise write a line of the client's choosing into the log.
+        client = printable(environ.get("REMOTE_ADDR", "-"))
+        method, path = printable(method, 20), printable(path)
         if answer.status < 300:
             if path != "/healthz":
                 log.debug("%s %s %d from %s: %s", method, path, answer.status, client,
                           answer.body.get("events_ingested"))  # fmt: skip
             return
-        log.info("%s %s %d from %s: %s", method, path, answer.status, client, answer.body.get("error"))
+        log.info("%s %s %d from %s: %s", method, path, answer.status, client, printable(answer.body.get("error"), 300))
 
 
 def run(

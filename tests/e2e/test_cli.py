@@ -57,7 +57,7 @@ def test_import_reads_stdin_and_exits_zero_when_all_lines_are_good(run) -> None:
     lines = "".join(f'{{"user_id": "user-{i:05d}"}}\n' for i in range(2500))
     result = run("import", "-", input=lines)
     assert result.exit_code == 0, result.output
-    assert "2500 enqueued, 0 rejected" in result.stdout
+    assert "2,500 enqueued, 0 rejected" in result.stdout
     status = orjson.loads(run("status", "--json").stdout)
     assert status["queued"] == 2500
 

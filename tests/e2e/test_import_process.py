@@ -108,7 +108,7 @@ def test_a_million_lines_import_in_bounded_memory(tmp_path: Path, queue_config: 
     print(f"peak RSS of `identify-queue import` over {lines:,} lines ({path.stat().st_size / 2**20:.0f} MB gzip, "
           f"~{uncompressed / 2**20:.0f} MB of JSON): {peak_mb:.1f} MB; {out.strip()}")  # fmt: skip
     assert code == 0, (tmp_path / "import.log").read_text()
-    assert out.startswith(f"{lines} enqueued, 0 rejected, {lines} lines read")
+    assert out.startswith(f"{lines:,} enqueued, 0 rejected, {lines:,} lines read")
     assert total_of(redis_client, keys, queue_config.shards) == lines
     # The interpreter with redis, orjson and click loaded takes about 30 MB; the file alone is ~110 MB.
     assert 0 < peak_mb < 90, f"peak RSS {peak_mb:.1f} MB: is the file held in memory?"
@@ -156,8 +156,8 @@ def test_killed_at_any_moment_then_resumed_enqueues_every_line_exactly_once(
     code, out = finish(second)
     # Then it goes on from there, and every line is queued exactly once
     assert code == 0, log.read_text()
-    assert f"{lines} enqueued, 0 rejected, {lines} lines read" in out
-    assert f"resumed after line {killed_at}, {lines - killed_at} lines this run" in out
+    assert f"{lines:,} enqueued, 0 rejected, {lines:,} lines read" in out
+    assert f"resumed after line {killed_at:,}, {lines - killed_at:,} lines this run" in out
     seqs = queued_seqs(redis_client, keys, queue_config.shards)
     assert len(seqs) == lines, f"{len(seqs) - lines:+} records"
     assert sorted(seqs) == list(range(lines))
@@ -185,7 +185,7 @@ def test_a_full_queue_makes_the_import_wait_until_workers_drain_it(
     start_worker()
     code, out = finish(process)
     assert code == 0, log.read_text()
-    assert out.startswith(f"{users * per_user} enqueued, 0 rejected")
+    assert out.startswith(f"{users * per_user:,} enqueued, 0 rejected")
     assert "queue has room again" in log.read_text()
     wait_until(lambda: amplitude.stats()["accepted"] >= users * per_user, 60, "every update delivered")
     assert check_delivery(amplitude.accepted(), users, per_user) == 0

@@ -19,9 +19,19 @@ from producers.importer.options import (
     parse_renames,
     parse_types,
 )
-from producers.importer.report import Snapshot, duration, eta_s, progress_line, reject_entry, summary_line
+from producers.importer.report import (
+    Snapshot,
+    bar_line,
+    duration,
+    eta_s,
+    progress_line,
+    reject_entry,
+    summary_line,
+    terminal_width,
+)
 from producers.importer.run import FULL_WAIT_CAP_S, full_wait_s
 from producers.importer.source import SourceInfo
+from worker.cli.produce import interrupted_message, resume_command
 
 
 @pytest.mark.parametrize(
@@ -281,8 +291,8 @@ def test_progress_and_summary_text() -> None:
     stdin = Snapshot(10, 10, 0, 0, 10, 1.0)
     assert eta_s(stdin) is None and "ETA" not in progress_line(stdin)
     summary = summary_line(snap, "users-1", resumed_from=1000)
-    assert summary.startswith("2900 enqueued, 60 rejected, 3000 lines read, 40 skipped unchanged; 2.0s")
-    assert "resumed after line 1000, 2000 lines this run; job users-1" in summary
+    assert summary.startswith("2,900 enqueued, 60 rejected, 3,000 lines read, 40 skipped unchanged; 2.0s")
+    assert "resumed after line 1,000, 2,000 lines this run; job users-1" in summary
 
 
 def test_a_reject_entry_keeps_the_line_and_why() -> None:
@@ -290,3 +300,63 @@ def test_a_reject_entry_keeps_the_line_and_why() -> None:
     entry = reject_entry(7, error, b'{"user_id": "usr", "x": "\xff"}\r\n')
     assert entry == (b'{"line":7,"field":"user_id","rule":"too_short","reason":"must be at least 5 characters, '
                      b'got 3","text":"{\\"user_id\\": \\"usr\\", \\"x\\": \\"\xef\xbf\xbd\\"}"}\n')  # fmt: skip
+
+
+RESUME_COMMANDS: list[tuple[str, dict[str, Any], str]] = [
+    # path, the options given on the command line, the command that goes on
+    ("/data/users.jsonl", {}, "identify-queue import /data/users.jsonl --resume"),
+    ("/data/u s.csv", {"maps": ("uid:user_id", "E mail:email"), "types": ("age=int",), "skip_unchanged": True},
+     "identify-queue import '/data/u s.csv' --map uid:user_id --map 'E mail:email' --type age=int --skip-unchanged "
+     "--resume"),
+    ("-", {"fmt": "csv", "job": "nightly", "chunk_size": 500, "restart": True},
+     "identify-queue import - --format csv --job nightly --chunk-size 500 --resume"),
+    ("/d/x.jsonl", {"resume": True, "rejects": "/d/rejects.jsonl", "skip_unchanged": False},
+     "identify-queue import /d/x.jsonl --rejects /d/rejects.jsonl --resume"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "given", "command"), RESUME_COMMANDS)
+def test_the_resume_command_repeats_the_flags_given(path: str, given: dict[str, Any], command: str) -> None:
+    assert resume_command(path, given) == command
+
+
+INTERRUPTED: list[tuple[str, str | None, Any, str]] = [
+    ("/d/x.jsonl", None, None, "cannot be resumed"),
+    ("/d/x.jsonl", "x", None, "before any line was enqueued; nothing is recorded: run the same command again"),
+    ("/d/x.jsonl", "x", JobState("r", "running", line=12_000, enqueued=11_990, rejected=10),
+     "interrupted at line 12,000 (11,990 enqueued, 10 rejected), recorded in job x; go on with: "
+     "identify-queue import /d/x.jsonl --resume"),
+    ("-", "x", JobState("r", "running", line=5), "go on by giving the same input again to: identify-queue import - "),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "job", "state", "says"), INTERRUPTED)
+def test_an_interrupted_import_says_where_and_how_to_go_on(path: str, job: str | None, state: Any, says: str) -> None:
+    assert says in interrupted_message(path, {}, job, state)
+
+
+SNAP = Snapshot(lines=123_456, enqueued=120_000, rejected=3_456, skipped=0, lines_this_run=123_456, elapsed_s=2.0,
+                consumed=500, consumed_at_start=0, total=1000)  # fmt: skip
+BAR_LINES: list[tuple[Snapshot, int, str]] = [
+    # snapshot, terminal width, the line drawn (at most width - 1 characters)
+    (SNAP, 120, "61,728 lines/s | 123,456 lines, 120,000 enqueued, 3,456 rejected, 0 unchanged | 50% ETA 2.0s "
+                "[############............]"),
+    (SNAP, 100, "61,728 lines/s | 123,456 lines, 120,000 enqueued, 3,456 rejected, 0 unchanged | 50% ETA 2.0s"),
+    (SNAP, 90, "61,728 lines/s | 123,456 lines, 120,000 enqueued, 3,456 rejected, 0 unchanged | 50%"),
+    (SNAP, 80, "61,728 lines/s | 123,456 lines, 120,000 enqueued, 3,456 rejected | 50%"),
+    (SNAP, 70, "61,728 lines/s | 123,456 lines, 120,000 enqueued | 50% [######......]"),
+    (SNAP, 40, "61,728 lines/s | 123,456 lines, 120,000"),
+    (Snapshot(10, 10, 0, 0, 10, 1.0), 80, "10 lines/s | 10 lines, 10 enqueued, 0 rejected, 0 unchanged"),  # stdin
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("snap", "width", "line"), BAR_LINES)
+def test_the_progress_line_fits_the_terminal_numbers_first(snap: Snapshot, width: int, line: str) -> None:
+    drawn = bar_line(snap, width)
+    assert drawn == line
+    assert len(drawn) <= width - 1
+
+
+@pytest.mark.parametrize(("columns", "width"), [(None, 80), (0, 80), (100, 100), (30, 30)])
+def test_a_terminal_without_a_size_gets_the_fallback_width(columns: int | None, width: int) -> None:
+    assert terminal_width(columns) == width

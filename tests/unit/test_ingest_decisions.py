@@ -21,6 +21,7 @@ from producers.ingest.decide import (
     Route,
     answer_failure,
     answer_invalid,
+    as_identification,
     decide,
     route,
 )
@@ -297,3 +298,45 @@ def test_route(method: str, path: str, expected: Route | int) -> None:
         assert result.status == expected
         if expected == 405:
             assert dict(result.headers)["Allow"] in ("POST", "GET")
+
+
+AS_IDENTIFICATION: list[tuple[Any, Any, tuple[str, ...]]] = [
+    # what a client sent, the identification enqueued, the fields dropped
+    ({"user_id": "user-42"}, {"user_id": "user-42"}, ()),
+    ({"user_id": "user-42", "event_properties": {"a": 1}, "session_id": 17, "time": 5},
+     {"user_id": "user-42"}, ("event_properties", "session_id", "time")),
+    ({"userId": "user-42", "userProperties": {"$set": {"a": 1}}, "sessionId": 1, "osName": "iOS"},
+     {"user_id": "user-42", "user_properties": {"$set": {"a": 1}}, "os_name": "iOS"}, ("sessionId",)),
+    ({"device_id": "dev-0001", "location_lat": 1.5, "location_lng": 2.5, "ip": "$remote", "insert_id": "x"},
+     {"device_id": "dev-0001"}, ("location_lat", "location_lng", "ip", "insert_id")),
+    ({"user_id": "user-42", "emial": "x"}, {"user_id": "user-42", "emial": "x"}, ()),  # validate refuses it
+    ([1], [1], ()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sent", "enqueued", "dropped"), AS_IDENTIFICATION)
+def test_what_clients_send_becomes_the_identification_amplitude_reads(sent: Any, enqueued: Any,
+                                                                      dropped: tuple[str, ...]) -> None:  # fmt: skip
+    assert as_identification(sent) == (enqueued, dropped)
+
+
+@pytest.mark.parametrize("sent", [{"userId": "user-42", "user_id": "user-43"}, {"user_id": "user-43", "userId": "u"}])
+def test_a_field_in_both_spellings_is_refused(sent: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        as_identification(sent)
+    assert (caught.value.field, caught.value.rule) == ("user_id", "duplicate_field")
+
+
+def test_event_fields_are_dropped_and_counted_and_an_unknown_field_is_refused_with_its_index() -> None:
+    settings = IngestSettings(token_digests=None)
+    records = [{"user_id": f"user-{i:03d}", "event_properties": {"a": i}} for i in range(3)]
+    body = urlencode({"identification": orjson.dumps([*records, {"user_id": "user-999", "session_id": 1}]).decode()})
+    decision = decide(Request(body.encode()), settings)
+    assert isinstance(decision, Accept)
+    assert dict(decision.ignored) == {"event_properties": 3, "session_id": 1}
+    assert orjson.loads(decision.records[0].data) == {"user_id": "user-000"}
+    bad = urlencode({"identification": orjson.dumps([records[0], {"user_id": "user-1", "emial": "x"}]).decode()})
+    refused = decide(Request(bad.encode()), settings)
+    assert isinstance(refused, Answer) and refused.status == 400
+    assert refused.body["invalid_identifications"][0]["index"] == 1
+    assert refused.body["invalid_identifications"][0]["field"] == "emial"

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from producers.contract.errors import InvalidRecord
-from producers.record import FIELDS, validate, validate_json
+from producers.record import FIELDS, repeated_key, validate, validate_json
 
 U = "user-0001"
 LONG = "x" * 1025
@@ -139,3 +139,44 @@ def test_json_input_is_strict(line: bytes, rule: str) -> None:
 def test_an_error_in_a_sequence_says_which_record() -> None:
     error = InvalidRecord("user_id", "too_short", "must be at least 5 characters").at(7)
     assert str(error) == "record 7: user_id: must be at least 5 characters"
+
+
+UNKNOWN_FIELD_HINTS: list[tuple[str, str]] = [
+    # a field the producer refuses, and what the refusal says (never a guess that misleads)
+    ("session_id", "belongs to events"),
+    ("event_properties", "belongs to events"),
+    ("location_lat", "belongs to events"),
+    ("sessionId", "belongs to events"),
+    ("userId", "(write it user_id)"),
+    ("osVersion", "(write it os_version)"),
+    ("user_propertes", "(did you mean user_properties?)"),
+    ("platfrom", "(did you mean platform?)"),
+    ("emial", "known fields: user_id, device_id"),
+    ("ses", "known fields: user_id, device_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "says"), UNKNOWN_FIELD_HINTS)
+def test_an_unknown_field_is_refused_with_a_hint_that_is_right_or_none(name: str, says: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        validate({"user_id": U, name: 1})
+    assert (caught.value.field, caught.value.rule) == (name, "unknown_field")
+    assert says in caught.value.detail
+
+
+REPEATED: list[tuple[bytes, tuple[str, str] | None]] = [
+    # JSON text, the first key given twice (the object's path, the key)
+    (b'{"user_id":"user-1","user_id":"user-2"}', ("", "user_id")),
+    (b'{"user_id": "user-1", "user_properties": {"$set": {"a": 1, "a": 2}}}', ("user_properties.$set", "a")),
+    (b'[{"user_id":"u1"},{"g":[{"x":1,"x":1}]}]', ("[1].g[0]", "x")),
+    (b'{"user_id" :"u1","user_id": "u2"}', ("", "user_id")),  # a space before the colon: the slow reading
+    (b'{"a":"12:30","b":"http://x"}', None),  # colons inside strings
+    (b'{"a":"say \\"k\\":1","k":2}', None),  # an escaped quote before a colon, inside a string
+    (b'{"a\\u0062":1,"ab":2}', ("", "ab")),  # the same key spelt two ways
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "found"), REPEATED)
+def test_a_key_given_twice_is_found_with_its_path(text: bytes, found: tuple[str, str] | None) -> None:
+    assert repeated_key(text, orjson.dumps(orjson.loads(text))) == found
+    assert repeated_key(text.decode(), orjson.dumps(orjson.loads(text))) == found

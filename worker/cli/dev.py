@@ -8,6 +8,7 @@ import sys
 import click
 import orjson
 
+from producers.contract.errors import ConfigError
 from worker.cli.common import friendly_errors
 
 
@@ -25,6 +26,7 @@ from worker.cli.common import friendly_errors
               help="Start misbehaving at once, as POST /_control would make it (for tests).")  # fmt: skip
 @click.option("--keep-records", type=click.IntRange(0), default=1_000_000, show_default=True,
               help="Accepted records kept for /_accepted, /_arrivals, /_users (0: all, memory grows).")  # fmt: skip
+@friendly_errors
 def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str | None, keep_records: int) -> None:
     """Run a local Amplitude-compatible /identify endpoint (for the demo and tests).
 
@@ -46,8 +48,11 @@ def local_amplitude(host: str, port: int, api_key_env: str | None, faults: str |
         click.echo(f"listening on http://{host}:{bound}", nl=True)
         sys.stdout.flush()
 
-    serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None,
-          keep_records=keep_records)  # fmt: skip
+    try:
+        serve(host, port, api_key or None, ready=ready, faults=faults.encode() if faults else None,
+              keep_records=keep_records)  # fmt: skip
+    except OSError as exc:  # binding the port is the only I/O before it serves
+        raise ConfigError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror or exc}") from None
 
 
 @click.command()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
+from click.core import ParameterSource
 
-from producers.contract.errors import (
-    InvalidRecord,
-)
+from producers.contract.errors import InvalidRecord, StoreError
+from producers.importer.job import JobState
 from producers.producer import IdentifyProducer
-from producers.record import DEVICE_FIELDS
-from worker.cli.common import EXIT_REJECTED, friendly_errors
+from producers.record import DEVICE_FIELDS, check_unique_keys
+from worker.cli.common import EXIT_INTERRUPTED, EXIT_REJECTED, friendly_errors
+
+if TYPE_CHECKING:
+    from producers.importer.run import Importer
 
 
 # -- producers --------------------------------------------------------------------------------------
@@ -75,6 +80,11 @@ def enqueue(user_id: str | None, device_id: str | None, set_: tuple[str, ...], s
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
         if not isinstance(loaded, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--json")
+        try:
+            check_unique_keys(text, orjson.dumps(loaded))
+        except InvalidRecord as exc:
+            click.echo(f"rejected: {exc}", err=True)
+            sys.exit(EXIT_REJECTED)
         record = loaded
     if user_id:
         record["user_id"] = user_id
@@ -204,12 +214,73 @@ def import_(path: str, fmt: str | None, **options: Any) -> None:
     from producers.importer.run import Importer, ImportOptions
 
     settings = ImportOptions.from_cli(path, format=fmt, **options)  # type: ignore[arg-type]  # a click.Choice
+    ctx = click.get_current_context()
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}  # fmt: skip
     with IdentifyProducer.from_env() as producer:
         display = make_display(settings.progress, sys.stderr, every_s=settings.progress_every_s)
+        importer = Importer(producer, settings, display=display)
         try:
-            report = Importer(producer, settings, display=display).run(path)
+            report = importer.run(path)
+        except KeyboardInterrupt:
+            display.close()
+            click.echo(f"identify-queue: {interrupted(path, given, importer)}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         finally:
             display.close()
     click.echo(summary_line(report.snapshot(), report.job, report.resumed_from))
     if report.rejected:
         sys.exit(EXIT_REJECTED)
+
+
+#: The options of `import` as flags, in the order a resume command lists them.
+IMPORT_FLAGS = {"fmt": "--format", "job": "--job", "maps": "--map", "types": "--type", "ignore": "--ignore",
+                "empty": "--empty", "delimiter": "--delimiter", "rejects": "--rejects",
+                "skip_unchanged": "--skip-unchanged", "fingerprint_ttl": "--fingerprint-ttl",
+                "progress": "--progress", "progress_every": "--progress-every",
+                "chunk_size": "--chunk-size"}  # fmt: skip
+
+
+def resume_command(path: str, given: dict[str, Any]) -> str:
+    """The command that goes on with an interrupted import: the flags it was given, and --resume.
+
+    ``given`` holds the options set on the command line (not their defaults); a file's path is
+    made absolute, since the job is named after it and the command may be run from elsewhere.
+    """
+    args = ["identify-queue", "import", path if path == "-" else os.path.abspath(path)]
+    for name, flag in IMPORT_FLAGS.items():
+        value = given.get(name)
+        if value is None or value is False or value == ():
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, tuple | list):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return shlex.join([*args, "--resume"])
+
+
+def interrupted_message(path: str, given: dict[str, Any], job: str | None, state: JobState | None) -> str:
+    """What an import stopped by Ctrl-C says: where it stopped, and how to go on from there."""
+    if job is None:
+        return "interrupted; stdin read without --job is not recorded, so it cannot be resumed"
+    if state is None:
+        return "interrupted before any line was enqueued; nothing is recorded: run the same command again"
+    where = (f"interrupted at line {state.line:,} ({state.enqueued:,} enqueued, {state.rejected:,} rejected), "
+             f"recorded in job {job}")  # fmt: skip
+    if state.finished:
+        return f"{where}, which had finished"
+    if path == "-":
+        return f"{where}; go on by giving the same input again to: {resume_command(path, given)}"
+    return f"{where}; go on with: {resume_command(path, given)}"
+
+
+def interrupted(path: str, given: dict[str, Any], importer: Importer) -> str:
+    try:
+        state = importer.recorded()
+    except StoreError as exc:
+        return (f"interrupted; where it stopped cannot be read ({exc}); --resume goes on from the recorded "
+                f"position: {resume_command(path, given)}")  # fmt: skip
+    return interrupted_message(path, given, importer.job, state)
