@@ -277,4 +277,7 @@ class _Run:
                 continue
             if attempt:
                 self.display.note("queue has room again; going on")
-            return result.enqueued, result.skipped
+            # Lines a shard already had were enqueued by an earlier run of the job that stopped before
+            # the job's hash recorded them (only lines past it are read again): enqueued for the job,
+            # and counted now, once.
+            return result.enqueued + result.already, result.skipped

@@ -145,11 +145,14 @@ def test_killed_at_any_moment_then_resumed_enqueues_every_line_exactly_once(
     first.wait(10)
     assert first.stdout is not None
     first.stdout.close()
-    # Then what is queued is exactly what the progress says: no chunk without its position, or the reverse
+    # Then what is queued is what the job's progress says, or one chunk more: a chunk goes to its
+    # shards (each recording its lines with it) before the job's hash records it, so a kill between
+    # the two leaves that chunk queued, and the resumed run's shards leave its lines out
     state = {k.decode(): v.decode() for k, v in redis_client.hgetall(job).items()}
     assert state["state"] == "running", "the import finished before it was killed: nothing was tested"
     killed_at = int(state["line"])
-    assert queued_count(redis_client, keys, queue_config.shards) == int(state["enqueued"]) == killed_at < lines
+    assert int(state["enqueued"]) == killed_at < lines
+    assert killed_at <= queued_count(redis_client, keys, queue_config.shards) <= killed_at + 500
 
     # When it is resumed
     second = start("--resume", "--chunk-size", "700")
