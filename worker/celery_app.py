@@ -200,7 +200,9 @@ def create_app(settings: Settings) -> Celery:
     after_setup_logger.connect(log_format, weak=False)
     after_setup_task_logger.connect(log_format, weak=False)
 
-    @app.task(name=TASK_NAME, ignore_result=True)
+    # shared=False: the task belongs to this app alone (Celery would otherwise hand it to every app made
+    # later in the process, and a second app, in tests, would find the name taken)
+    @app.task(name=TASK_NAME, ignore_result=True, shared=False)
     def drain(shard: int) -> None:
         process_drainer(settings).drain(int(shard))
 
