@@ -45,8 +45,12 @@ class LocalCluster:
         return "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
 
     def start(self, timeout_s: float = 30.0) -> LocalCluster:
-        for node in self.nodes:
-            node.start()
+        try:
+            for node in self.nodes:
+                node.start()
+        except BaseException:
+            self.cleanup()  # the nodes that did start must not outlive a failed start
+            raise
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         created = subprocess.run(
             ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas_per_master),
