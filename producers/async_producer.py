@@ -98,10 +98,7 @@ class AsyncIdentifyProducer(ProducerCore):
         plan = self._plan(records)
         await self._check_layout()
         replies = await self._run(plan)
-        for reply in replies[len(plan.parts) :]:
-            if isinstance(reply, Exception):
-                raise reply
-        enqueued = self._result(replies[: len(plan.parts)], len(records)).enqueued
+        enqueued = self._result(replies, len(records)).enqueued
         if enqueued:
             await self._record_layout()
         return enqueued

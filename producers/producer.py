@@ -5,7 +5,7 @@ written: records are validated in this process first.  The cap on queued records
 (``IDENTIFY_MAX_QUEUED``) is split evenly over the shards and checked in the script that appends,
 per shard, so concurrent producers cannot overshoot it (on one Redis and on a Redis Cluster
 alike; a very hot shard may be refused before the whole queue reaches the cap).  Producers never
-import Celery; a worker finds new records through the ``wakeups`` set (wake.lua).
+import Celery; a worker finds new records through the ``wakeups`` set (enqueue.lua, wake.lua).
 
 The same script serves the bulk import (``importer/``): ``enqueue_chunk`` can also record an
 import job's progress in each shard, and compare and store per-user fingerprints to skip unchanged
@@ -76,12 +76,12 @@ class EnqueueReport:
 @dataclass(frozen=True)
 class EnqueuePlan:
     """The script calls that append a chunk: one per part (all the shards on one Redis, one shard
-    on a Redis Cluster), then, on one Redis, the wake-up in the same round trip."""
+    on a Redis Cluster).  On one Redis the call wakes the shards' drains too."""
 
     calls: list[Call]
     #: Per part, the indices of the records it carries.
     parts: list[list[int]]
-    #: The shards whose drains the chunk wakes.
+    #: The shards the chunk writes to (on a Redis Cluster, the order of its parts).
     shards: list[str]
 
 
@@ -148,8 +148,6 @@ class ProducerCore:
         calls = [self._enqueue_call(part, records, fingerprints, fingerprint_ttl_ms, progress=progress, lines=lines)
                  for part in parts]  # fmt: skip
         woken = [str(shard) for shard in groups]
-        if not self._cluster and calls:
-            calls.append(self._wake_call(woken))  # the same round trip: a wake-up for nothing does no harm
         indices = [[i for _, part_indices in part for i in part_indices] for part in parts]
         return EnqueuePlan(calls, indices, woken)
 
@@ -164,8 +162,10 @@ class ProducerCore:
             args += ["", 0, 0, 0]
         else:
             args += [progress.run, progress.ttl_ms, progress.line, progress.offset]
+        # One Redis: the whole queue's cap, and the script wakes the drains itself (a Redis Cluster
+        # keeps the wake-ups in another slot: _wake_done wakes them after)
         whole = not self._cluster
-        args.append(self.config.shards if whole else 0)
+        args += [self.config.shards, 1] if whole else [0, 0]
         for shard, indices in part:
             k = self._shard_keys[shard]
             keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
@@ -179,7 +179,7 @@ class ProducerCore:
                 fingerprint = fingerprints[i] if fingerprints is not None else b""
                 args += [line, fingerprint, entry.tail(records[i].user_key, records[i].data)]
         if whole:
-            keys += self._totals
+            keys += [*self._totals, self.keys.meta, self.keys.wakeups, self.keys.kick]
         return Call(self._enqueue, keys, args)
 
     def _cap(self) -> int:
@@ -216,13 +216,9 @@ class ProducerCore:
 
     def group_outcomes(self, plan: EnqueuePlan, replies: list[Any], count: int) -> Outcomes:
         """Each grouped record's outcome: None when Redis holds it, else the error its call raises.
-        A part refused (QueueFull, a mismatch, its node unreachable) fails its own records only; a
-        refused wake-up fails them all, as it fails an ungrouped call."""
+        A part refused (QueueFull, a mismatch, its node unreachable) fails its own records only."""
         outcomes: Outcomes = [None] * count
-        for reply in replies[len(plan.parts) :]:
-            if isinstance(reply, Exception):
-                return [reply] * count
-        for indices, reply in zip(plan.parts, replies, strict=False):
+        for indices, reply in zip(plan.parts, replies, strict=True):
             error: BaseException | None = None
             if isinstance(reply, QueueMismatch):
                 error = mismatch(self.config.shards, reply.fields)
@@ -359,11 +355,8 @@ class IdentifyProducer(ProducerCore):
         plan = self._plan(records, fingerprints, fingerprint_ttl_ms, progress, lines)
         self._check_layout()
         replies = self._run(plan)
-        for reply in replies[len(plan.parts) :]:
-            if isinstance(reply, Exception):
-                raise reply  # the wake-up was refused (a missing permission): say so, as for the enqueue
         self._wake_done(plan, replies)
-        result = self._result(replies[: len(plan.parts)], len(records))
+        result = self._result(replies, len(records))
         if result.enqueued:
             self._record_layout()
         return result

@@ -1,17 +1,22 @@
 -- enqueue: append validated records to their shards, atomically with each shard's cap, the users'
--- fingerprints and an import job's progress in that shard.  Used by IdentifyProducer
--- (producers/producer.py) and the importer.  On Redis Cluster a call holds one shard (one slot);
--- on one Redis a call may hold several, and is then atomic across them.  The shards' drains are
--- woken by wake.lua, called after this.
+-- fingerprints and an import job's progress in that shard, and (on one Redis) wake the drains of
+-- the shards it wrote.  Used by IdentifyProducer (producers/producer.py) and the importer.  On
+-- Redis Cluster a call holds one shard (one slot), and its shard's drain is woken by wake.lua,
+-- called after this (the wake-ups are in another slot); on one Redis a call may hold several
+-- shards, is then atomic across them, and wakes their drains itself: a second script in the same
+-- round trip cost a lone call a third of its Redis time.
 --
 -- KEYS  per group (one shard): layout, queue, seq, total, minutes, then the job's progress in the
 --       shard (with a job), then one fingerprint key per record (with fingerprints); then, when the
---       cap is the whole queue's (one Redis), the total of every shard.
+--       cap is the whole queue's (one Redis), the total of every shard; then, when it wakes the
+--       drains, meta, wakeups and kick (as wake.lua takes them).
 -- ARGV  1 layout (`<shards>|<format>`), 2 cap, 3 groups, 4 fingerprint TTL ms (0: none),
 --       5 job run token ('': no job), 6 job TTL ms, 7 line and 8 byte offset the chunk ends at,
---       9 how many shard totals end KEYS (0: the cap is each shard's, as on a Redis Cluster, where
---       one call sees one slot); then per group: its shard id, n, then n triples (the record's
---       line, its fingerprint or '', the entry's tail, producers/contract/entry.py).
+--       9 how many shard totals follow the groups' KEYS (0: the cap is each shard's, as on a Redis
+--       Cluster, where one call sees one slot), 10 1 to wake the drains of the shards written (due
+--       now plus the workers' linger, never postponing one due earlier: wake.lua's LT), else 0;
+--       then per group: its shard id, n, then n triples (the record's line, its fingerprint or '',
+--       the entry's tail, producers/contract/entry.py).
 -- Reply {1, appended, skipped as unchanged, left out as already enqueued} when written;
 --       {0, shard, queued in it} when a shard's cap refuses the call, {0, -1, queued in all} when the
 --       whole queue's does (nothing written, in any group).
@@ -28,10 +33,10 @@
 local layout, cap, groups = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fp_ttl, run, job_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local job = run ~= ''
-local whole = tonumber(ARGV[9])
+local whole, wake = tonumber(ARGV[9]), ARGV[10] == '1'
 
 -- pass 1: check every group and decide what it appends; nothing is written unless all may go
-local plans, k, a = {}, 1, 10
+local plans, k, a = {}, 1, 11
 for g = 1, groups do
   local plan = {layout = KEYS[k], queue = KEYS[k + 1], seq = KEYS[k + 2], total = KEYS[k + 3],
                 minutes = KEYS[k + 4], shard = ARGV[a], n = tonumber(ARGV[a + 1]), kept = {}, fps = {}}
@@ -102,8 +107,18 @@ if whole > 0 then
   if queued + adding > cap then return {0, -1, queued} end
 end
 
--- pass 2: write
+-- pass 2: write, the wake-ups first: a Redis user without the right to write them is refused
+-- before anything is appended
 local now = iq.now_ms()
+if wake then
+  local meta, wakeups, kick = KEYS[k + whole], KEYS[k + whole + 1], KEYS[k + whole + 2]
+  local due = now + tonumber(redis.call('HGET', meta, 'linger_ms') or '0')
+  local changed = 0
+  for _, plan in ipairs(plans) do
+    if #plan.kept > 0 then changed = changed + redis.call('ZADD', wakeups, 'LT', 'CH', due, plan.shard) end
+  end
+  if changed > 0 then iq.kick(kick) end
+end
 local stamp = '|' .. now .. '|'
 local appended, skipped, already = 0, 0, 0
 for _, plan in ipairs(plans) do

@@ -113,6 +113,26 @@ def test_an_accepted_claim_is_delivered_and_settled(
     assert (stats["delivered"], stats["requests"]) == ("9", "3")
 
 
+@pytest.mark.parametrize("corrupt", [b"2|x|1|0|8|u:user-z|{}", b"2|7||0|8|u:user-z|{}", b"2|7|1|0|99|u:user-z|{}"])
+def test_entries_that_cannot_be_read_are_dead_lettered_one_by_one_and_the_others_delivered(
+    producer: IdentifyProducer, redis_client: redis.Redis, queue_config: QueueConfig, keys: Keys, corrupt: bytes
+) -> None:
+    """A claim is decoded in one loop; one entry that cannot be read (a number of its header, read
+    lazily since, included) sends the claim through the entry-by-entry path: only it is dead-lettered."""
+    records = seq_records(2, 2)
+    producer.identify_many(records[:2])
+    queue = keys.shard(SHARD).queue
+    redis_client.rpush(queue, corrupt)
+    redis_client.incr(keys.shard(SHARD).total)
+    producer.identify_many(records[2:])
+    sink = ScriptedSink()
+    drainer(redis_client, queue_config, sink).drain(SHARD)
+    assert sink.delivered() == records
+    [dead] = dead_letters(queue_config)
+    assert dead["reason"] == "undecodable"
+    settled(redis_client, keys)
+
+
 # -- 400 naming a record --------------------------------------------------------------------------
 def test_a_named_invalid_record_is_dead_lettered_and_the_rest_delivered_with_one_extra_request(
     producer: IdentifyProducer, redis_client: redis.Redis, queue_config: QueueConfig, keys: Keys

@@ -2,8 +2,8 @@
 numbers and stamps entries, what each shard records with its records (total, layout, fingerprints,
 an import job's progress), and what it refuses without writing anything, in any of its shards.
 
-Waking the shards' drains is wake.lua's (tests/scripts/test_wake.py); the producer sends it in the
-same round trip, so the producer-level tests here check the wake-ups too."""
+On one Redis the script wakes the drains of the shards it wrote (on a Redis Cluster wake.lua does,
+after it: tests/scripts/test_wake.py), so the tests here check the wake-ups too."""
 
 from __future__ import annotations
 
@@ -27,17 +27,10 @@ def valid(producer: IdentifyProducer, user: str, n: int = 0) -> ValidRecord:
     return producer.validate({"user_id": user, "user_properties": {"$set": {"n": n}}})
 
 
-def but_wake_ups(client: redis.Redis, keys: Keys) -> dict[bytes, Any]:
-    """Every key of the test's namespace but the wake-ups and the kick: on one Redis the producer
-    sends wake.lua in the enqueue's round trip, refused or not (a wake-up for nothing does no harm)."""
-    wake = {keys.wakeups.encode(), keys.kick.encode()}
-    return {k: v for k, v in snapshot(client, keys.namespace).items() if k not in wake}
-
-
 def one_record_call(keys: Keys, shards: int, cap: int = 1000, shard: int = 0) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of an enqueue of one record into ``shard``, with no fingerprints and no job."""
     k = keys.shard(shard)
-    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0, 0,
+    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0, 0, 0,
                        shard, 1, 0, "", entry.tail("u:user-1", b"{}")]  # fmt: skip
     return [k.layout, k.queue, k.seq, k.total, k.minutes], args
 
@@ -131,7 +124,7 @@ def test_the_cap_refuses_the_call_whole_and_writes_nothing(
     producer.enqueue_chunk([valid(producer, a[0]), valid(producer, a[1])])
     for s in (0, 1):
         redis_client.hset(keys.shard(s).import_progress("nightly"), "run", "r1")
-    before = but_wake_ups(redis_client, keys)
+    before = snapshot(redis_client, keys.namespace)
     # When a chunk would bring the queue to 5, with fingerprints and a job's progress, shard 0's part first
     with pytest.raises(QueueFull) as refused:
         producer.enqueue_chunk(
@@ -141,7 +134,7 @@ def test_the_cap_refuses_the_call_whole_and_writes_nothing(
     # Then it is refused as a whole, shard 0's part too, and Redis is exactly as it was
     assert (refused.value.queued, refused.value.cap, refused.value.shard, refused.value.enqueued) == (2, 4, None, 0)
     assert "the queue holds 2 records, IDENTIFY_MAX_QUEUED is 4" in str(refused.value)
-    assert but_wake_ups(redis_client, keys) == before
+    assert snapshot(redis_client, keys.namespace) == before  # the wake-ups too: nothing was written
     # A chunk that fills the queue exactly is accepted, however it falls on the shards
     assert producer.enqueue_chunk([valid(producer, b), valid(producer, a[2])]) == ChunkResult(2, 0, 0)
     assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"1", b"3")
@@ -164,6 +157,41 @@ def test_the_script_checks_a_shard_s_share_or_the_whole_queue(
     reply = Script(redis_client, "producers", "enqueue")(script_keys, args)
     assert reply == ([0, -1, 3] if whole else [0, 1, 2])
     assert snapshot(redis_client, namespace) == before
+
+
+@pytest.mark.shards(2)
+def test_the_script_wakes_only_the_shards_it_wrote_never_postponing_a_wake_up(
+    redis_client: redis.Redis, keys: Keys, namespace: str
+) -> None:
+    # Given workers that linger 500 ms, and shard 0 due long ago
+    redis_client.hset(keys.meta, "linger_ms", 500)
+    redis_client.zadd(keys.wakeups, {"0": 1000})
+    enqueue = Script(redis_client, "producers", "enqueue")
+    wake_keys = [keys.meta, keys.wakeups, keys.kick]
+    for shard in (0, 1):
+        script_keys, args = one_record_call(keys, 2, shard=shard)
+        args[8], args[9] = 2, 1  # the whole queue's cap, and wake the drains
+        script_keys += [keys.shard(0).total, keys.shard(1).total, *wake_keys]
+        before = redis_ms(redis_client)
+        assert enqueue(script_keys, args) == [1, 1, 0, 0]
+    # Then shard 1 is due after the linger, shard 0 stays due when it was, and one kick wakes a dispatcher
+    woken = dict(scored(redis_client, keys.wakeups))
+    assert woken["0"] == 1000 and before + 500 <= woken["1"] <= redis_ms(redis_client) + 500
+    assert listed(redis_client, keys.kick) == [b"1"]
+    # A call that writes nothing (every record left out as unchanged) wakes nothing
+    redis_client.delete(keys.wakeups, keys.kick)
+    script_keys, args = one_record_call(keys, 2, shard=1)
+    args[3], args[9] = 60_000, 1  # fingerprints, wake
+    args[13] = "fp"  # the record's fingerprint, the one its user has
+    fingerprint = keys.shard(1).fingerprint("u:user-1")
+    redis_client.set(fingerprint, "fp")
+    script_keys += [fingerprint, keys.meta, keys.wakeups, keys.kick]
+    assert enqueue(script_keys, args) == [1, 0, 1, 0]
+    assert redis_client.exists(keys.wakeups, keys.kick) == 0
+    # and without the flag (a Redis Cluster's call) the script touches no wake-up
+    script_keys, args = one_record_call(keys, 2, shard=1)
+    assert enqueue(script_keys, args) == [1, 1, 0, 0]
+    assert redis_client.exists(keys.wakeups, keys.kick) == 0
 
 
 @pytest.mark.parametrize(
@@ -196,7 +224,7 @@ def test_a_shard_laid_out_otherwise_is_refused_with_what_it_holds(
         assert "IDENTIFY_SHARDS is 8" in str(raised.value) and "16 shards" in str(raised.value)
     else:
         assert "entry format 1" in str(raised.value)
-    assert but_wake_ups(redis_client, keys) == before
+    assert snapshot(redis_client, keys.namespace) == before  # the wake-ups too: nothing was written
     # the layout it was written with is no refusal
     redis_client.set(keys.shard(0).layout, f"8|{LAYOUT_VERSION}")
     assert Script(redis_client, "producers", "enqueue")(script_keys, args) == [1, 1, 0, 0]
@@ -324,13 +352,13 @@ def test_a_shard_taken_over_by_another_run_refuses_the_call_and_nothing_is_writt
     [b] = users_in_shard(1, 2, 1)
     redis_client.hset(keys.shard(0).import_progress("nightly"), mapping={"run": "r1", "line": 7})
     redis_client.hset(keys.shard(1).import_progress("nightly"), mapping={"run": "r2", "line": 7})
-    before = but_wake_ups(redis_client, keys)
+    before = snapshot(redis_client, keys.namespace)
     # Then a chunk of run r1 is refused with IMPORT_TAKEN, and nothing of it is written, in either shard
     with pytest.raises(ImportTaken):
         producer.enqueue_chunk([valid(producer, a), valid(producer, b)], fingerprints=[b"A0", b"B0"],
                                fingerprint_ttl_ms=60_000, progress=JobProgress("nightly", "r1", line=9, offset=10),
                                lines=[8, 9])  # fmt: skip
-    assert but_wake_ups(redis_client, keys) == before
+    assert snapshot(redis_client, keys.namespace) == before  # the wake-ups too: nothing was written
     # while a chunk of r1 for shard 0 alone still goes (the run that took shard 1 takes it at its start)
     assert producer.enqueue_chunk([valid(producer, a)], progress=JobProgress("nightly", "r1", line=9, offset=10),
                                   lines=[9]) == ChunkResult(1, 0, 0)  # fmt: skip
@@ -356,7 +384,7 @@ def test_the_script_takes_a_chunk_of_the_run_that_holds_the_shard_or_of_a_shard_
     script_keys, args = one_record_call(keys, 8)
     script_keys.insert(5, progress)  # after the shard's five keys, before any fingerprint
     args[4:8] = ["r1", 50_000, 1, 12]  # run, job TTL, the line and offset the chunk ends at
-    args[11] = 1  # the record's line
+    args[12] = 1  # the record's line
     before = snapshot(redis_client, namespace)
     enqueue = Script(redis_client, "producers", "enqueue")
     if not taken:

@@ -35,7 +35,19 @@ def test_entries_round_trip(key: str, data: bytes, seq: int, ms: int, n: int) ->
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"garbage", b"1|1|0|1|a|{}", b"2|x|1|0|1|a|{}", b"2|1|1|0|9|a|{}", b"2|1|1|0|1|ab{}", b"2|1|1|0|1|a"],
+    [
+        b"",
+        b"garbage",
+        b"1|1|0|1|a|{}",
+        b"2|x|1|0|1|a|{}",
+        b"2|1|1|0|9|a|{}",
+        b"2|1|1|0|1|ab{}",
+        b"2|1|1|0|1|a",
+        b"2||1|0|1|a|{}",
+        b"2|1|-1|0|1|a|{}",
+        b"2|1|1| 0|1|a|{}",
+        b"2|1|1|0|-1|a|{}",
+    ],
 )
 def test_malformed_entries_are_refused_not_guessed(raw: bytes) -> None:
     with pytest.raises(InvalidRecord) as caught:

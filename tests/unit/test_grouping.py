@@ -39,7 +39,6 @@ def core(cluster: bool) -> ProducerCore:
 
 
 WRITTEN = [1, 1, 0, 0]
-WAKE_OK = 1
 mismatch_reply = QueueMismatch.from_fields({"shards": "8", "layout": LAYOUT_VERSION})
 unreachable = StoreError("enqueue: Redis is unreachable")
 
@@ -48,11 +47,11 @@ unreachable = StoreError("enqueue: Redis is unreachable")
     ("cluster", "parts", "replies", "expected"),
     [
         # one Redis: one part holds every record, and its reply is every call's
-        (False, [[0, 1, 2]], [WRITTEN, WAKE_OK], [None, None, None]),
-        (False, [[0, 1, 2]], [[0, -1, 100], WAKE_OK], [QueueFull] * 3),
-        (False, [[0, 1, 2]], [mismatch_reply, WAKE_OK], [QueueMismatch] * 3),
-        # the wake-up refused (a permission missing): every call says so, as an ungrouped one would
-        (False, [[0, 1, 2]], [WRITTEN, unreachable], [StoreError] * 3),
+        (False, [[0, 1, 2]], [WRITTEN], [None, None, None]),
+        (False, [[0, 1, 2]], [[0, -1, 100]], [QueueFull] * 3),
+        (False, [[0, 1, 2]], [mismatch_reply], [QueueMismatch] * 3),
+        # Redis unreachable (or a permission missing, the wake-ups' included): every call says so
+        (False, [[0, 1, 2]], [unreachable], [StoreError] * 3),
         # a Redis Cluster: a part per shard, and a refused part fails its own records only
         (True, [[0, 2], [1]], [WRITTEN, [0, 3, 25]], [None, QueueFull, None]),
         (True, [[0], [1, 2]], [unreachable, WRITTEN], [StoreError, None, None]),

@@ -35,8 +35,8 @@ def shape(items: Sequence[Item]) -> list[tuple[bytes, list[int]]]:
 A1, B2, A3, A4 = e("user-a", 1), e("user-b", 2), e("user-a", 3), e("user-a", 4)
 A_INSERT = e("user-a", 5, {"p1": "x"}, op="$preInsert")
 A_SET_AFTER = e("user-a", 6)
-BAD_1 = Entry(7, 0, 0, "u:user-c", b"{not json", b"raw7")
-BAD_2 = Entry(8, 0, 0, "u:user-c", b'{"user_id":"user-c"}', b"raw8")
+BAD_1 = entry.decode(entry.encode("u:user-c", b"{not json", 7, 0))
+BAD_2 = entry.decode(entry.encode("u:user-c", b'{"user_id":"user-c"}', 8, 0))
 
 ITEMS = [
     # no merging: one item per entry, in order

@@ -245,8 +245,9 @@ class Drainer:
     def _apply(self, shard: int, token: str, work: Work, r: Remedy, outcome: Outcome) -> Pause | None:
         """Do what a remedy says: count, lower the request size, settle, log, block or pause."""
         self._unnamed_run = r.unnamed_run
-        for item in r.applied:
-            work.applied[item.user_key] = work.applied.get(item.user_key, 0) + 1
+        applied = work.applied
+        for user in [item.entries[0].user_key for item in r.applied]:
+            applied[user] = applied.get(user, 0) + 1
         work.pending = r.pending
         work.splits[0:0] = r.splits
         work.rebudget = work.rebudget or r.rebudget
@@ -265,6 +266,10 @@ class Drainer:
         return r.pause
 
     def _decode(self, raws: list[bytes], now: int) -> tuple[list[Entry], list[DeadLetter]]:
+        try:
+            return entry.decode_all(raws), []
+        except InvalidRecord:
+            pass  # one at a time, to dead-letter exactly the entries that cannot be read
         decoded, dead = [], []
         for raw in raws:
             try:

@@ -79,7 +79,7 @@ def entries_of(pending: Sequence[Item]) -> list[Entry]:
 
 def shortfall(pending: Sequence[Item], left: Mapping[str, int]) -> dict[str, int]:
     """Identifications each user must still reserve: it has ``left[user]`` reserved and unsent."""
-    counts = Counter(item.user_key for item in pending)
+    counts = Counter([item.entries[0].user_key for item in pending])  # a list: Counter counts it in C
     return {u: c - left.get(u, 0) for u, c in counts.items() if c > left.get(u, 0)}
 
 
