@@ -174,10 +174,15 @@ class ProducerCore:
             if fingerprints is not None:
                 keys += [k.fingerprint(records[i].user_key) for i in indices]
             args += [shard, len(indices)]
+            if progress is None and fingerprints is None:
+                args += [entry.tail(records[i].user_key, records[i].data) for i in indices]
+                continue
             for i in indices:
-                line = lines[i] if lines is not None else 0
-                fingerprint = fingerprints[i] if fingerprints is not None else b""
-                args += [line, fingerprint, entry.tail(records[i].user_key, records[i].data)]
+                if progress is not None:
+                    args.append(lines[i] if lines is not None else 0)
+                if fingerprints is not None:
+                    args.append(fingerprints[i])
+                args.append(entry.tail(records[i].user_key, records[i].data))
         if whole:
             keys += [*self._totals, self.keys.meta, self.keys.wakeups, self.keys.kick]
         return Call(self._enqueue, keys, args)

@@ -15,8 +15,9 @@
 --       9 how many shard totals follow the groups' KEYS (0: the cap is each shard's, as on a Redis
 --       Cluster, where one call sees one slot), 10 1 to wake the drains of the shards written (due
 --       now plus the workers' linger, never postponing one due earlier: wake.lua's LT), else 0;
---       then per group: its shard id, n, then n triples (the record's line, its fingerprint or '',
---       the entry's tail, producers/contract/entry.py).
+--       then per group: its shard id, n, then per record: its line (with a job), its fingerprint
+--       (with fingerprints; '': none) and the entry's tail (producers/contract/entry.py).  Arguments
+--       no call uses are not sent: each costs the producer and Redis as much as a short record.
 -- Reply {1, appended, skipped as unchanged, left out as already enqueued} when written;
 --       {0, shard, queued in it} when a shard's cap refuses the call, {0, -1, queued in all} when the
 --       whole queue's does (nothing written, in any group).
@@ -74,9 +75,17 @@ for g = 1, groups do
     plan.fp_keys = fp_keys
   end
   for i = 1, plan.n do
-    local line, fingerprint, tail = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
-    a = a + 3
-    local keep = line > from_line
+    local keep, fingerprint = true, ''
+    if job then
+      keep = tonumber(ARGV[a]) > from_line
+      a = a + 1
+    end
+    if fp_ttl > 0 then
+      fingerprint = ARGV[a]
+      a = a + 1
+    end
+    local tail = ARGV[a]
+    a = a + 1
     if not keep then plan.already = (plan.already or 0) + 1 end
     if keep and fp_ttl > 0 then
       local key = plan.fp_keys[i]

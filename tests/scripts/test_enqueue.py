@@ -31,7 +31,7 @@ def one_record_call(keys: Keys, shards: int, cap: int = 1000, shard: int = 0) ->
     """KEYS and ARGV of an enqueue of one record into ``shard``, with no fingerprints and no job."""
     k = keys.shard(shard)
     args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0, 0, 0,
-                       shard, 1, 0, "", entry.tail("u:user-1", b"{}")]  # fmt: skip
+                       shard, 1, entry.tail("u:user-1", b"{}")]  # fmt: skip
     return [k.layout, k.queue, k.seq, k.total, k.minutes], args
 
 
@@ -182,7 +182,7 @@ def test_the_script_wakes_only_the_shards_it_wrote_never_postponing_a_wake_up(
     redis_client.delete(keys.wakeups, keys.kick)
     script_keys, args = one_record_call(keys, 2, shard=1)
     args[3], args[9] = 60_000, 1  # fingerprints, wake
-    args[13] = "fp"  # the record's fingerprint, the one its user has
+    args.insert(12, "fp")  # the record's fingerprint (the one its user has), before its tail
     fingerprint = keys.shard(1).fingerprint("u:user-1")
     redis_client.set(fingerprint, "fp")
     script_keys += [fingerprint, keys.meta, keys.wakeups, keys.kick]
@@ -384,7 +384,7 @@ def test_the_script_takes_a_chunk_of_the_run_that_holds_the_shard_or_of_a_shard_
     script_keys, args = one_record_call(keys, 8)
     script_keys.insert(5, progress)  # after the shard's five keys, before any fingerprint
     args[4:8] = ["r1", 50_000, 1, 12]  # run, job TTL, the line and offset the chunk ends at
-    args[12] = 1  # the record's line
+    args.insert(12, 1)  # the record's line, before its tail
     before = snapshot(redis_client, namespace)
     enqueue = Script(redis_client, "producers", "enqueue")
     if not taken:
