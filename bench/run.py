@@ -122,7 +122,7 @@ def run_ours(redis_url: str, server: LocalAmplitudeProcess, records: list[dict[s
         server.control(delay_ms=delay_ms)
     config = QueueConfig(redis_url=redis_url, namespace=f"bench-{time.monotonic_ns()}")
     env = {"REDIS_URL": redis_url, "IDENTIFY_NAMESPACE": config.namespace, "AMPLITUDE_API_KEY": API_KEY,
-           "AMPLITUDE_IDENTIFY_URL": server.identify_url, "IDENTIFY_COALESCE": "0", "IDENTIFY_LOG_LEVEL": "warning",
+           "AMPLITUDE_IDENTIFY_URL": server.identify_url, "IDENTIFY_LOG_LEVEL": "warning",
            **(extra_env or {})}  # fmt: skip
     worker = WorkerProcess(env, name=f"bench-{time.monotonic_ns()}", concurrency=workers,
                            log_path=logs / "ours.log").start()  # fmt: skip

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("validate an identification (every rule) and encode it", lambda: [validate(r) for r in records]),
         ("queue entry: encode", lambda: [entry.tail(v.user_key, v.data) for v in valid]),
-        ("queue entry: decode", lambda: [entry.decode(r) for r in raws]),
+        ("queue entry: decode (a claim of 1,000 at once, as the drain does)", lambda: entry.decode_all(raws)),
         ("request body: our form encoder", lambda: form_body("key", payload)),
         ("request body: urllib.parse.urlencode", lambda: urlencode(form)),
     ]
