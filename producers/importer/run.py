@@ -6,11 +6,12 @@
     with IdentifyProducer.from_env() as producer:
         report = Importer(producer, ImportOptions(skip_unchanged=True)).run("users.csv.gz")
 
-The input (``import_source.py``: a file, gzip by its magic bytes, or stdin) is read a line at a
-time and parsed (``import_parse.py``: JSON Lines, or CSV by ``csv_columns.py``'s rules); every
-``chunk_size`` lines, the chunk's valid records go to Redis in one enqueue script call that also
-records the job's position after the chunk (``import_job.py``) and, with ``skip_unchanged``, leaves
-out records equal to their user's last one (``fingerprint.py``).  Nothing but one chunk is held.
+The input (``source.py``: a file, gzip by its magic bytes, or stdin) is read a line at a time and
+parsed (``parse.py``: JSON Lines, or CSV by ``csv_columns.py``'s rules); every ``chunk_size``
+lines, the chunk's valid records go to Redis in one enqueue script call that also records the job's
+position after the chunk (``job.py``) and, with ``skip_unchanged``, leaves out records equal to
+their user's last one (``fingerprint.py``).  A chunk commits on a thread of its own while the next
+is read and parsed, one chunk at a time, in input order: nothing but two chunks is held.
 
 - Exactly once across interruptions: the position is written by the same atomic script call as
   the chunk, so a run killed at any moment has enqueued precisely the lines its recorded position
@@ -18,7 +19,7 @@ out records equal to their user's last one (``fingerprint.py``).  Nothing but on
 - Backpressure: when the queue is at its cap (QueueFull) the same chunk is retried after a
   capped, doubling wait (``full_wait_s``) until the workers make room; the import never fails for it.
 - Rejected lines do not stop the import: each is reported (stderr, and the rejects file) with its
-  line number, and counted in the job's progress.
+  line number as its chunk commits, and counted in the job's progress.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
@@ -46,6 +49,8 @@ FULL_WAIT_BASE_S = 0.1
 FULL_WAIT_CAP_S = 5.0
 #: While the queue stays full, say so again at most this often.
 FULL_NOTE_EVERY_S = 30.0
+#: The interpreter's switch interval while a run reads (see ``_Run.go``).
+SWITCH_INTERVAL_S = 0.0005
 
 
 def check_writable(path: str | None, flag: str) -> None:
@@ -90,8 +95,10 @@ class ImportReport:
 class Importer:
     def __init__(self, producer: IdentifyProducer, options: ImportOptions | None = None, *,
                  display: Display | None = None, stdin: IO[bytes] | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
+                 sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        """``sleep``: how a chunk the queue refused waits before it is tried again; by default a wait
+        that Ctrl-C ends."""
         self.producer = producer
         self.options = options or ImportOptions()
         self.display = display or QuietDisplay(sys.stderr)
@@ -183,8 +190,42 @@ class Importer:
         return jsonl_items(source, skip_unchanged=self.options.skip_unchanged, **self._limits)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk as the reading cut it, with all its commit needs.
+
+    The source's position is taken when the chunk is cut: by the time the chunk commits, the
+    reading has moved on into the next one.
+    """
+
+    records: list[ValidRecord]
+    #: Each record's line: a shard leaves out the lines an earlier run of the job gave it.
+    lines: list[int]
+    fingerprints: list[bytes] | None
+    #: The chunk's rejected lines, in input order; told and written when the chunk commits, by the
+    #: thread that writes the progress too (the display is not shared between threads).
+    rejections: list[Rejected]
+    #: Lines and bytes (uncompressed) of input consumed once the chunk is in; bytes as stored, for progress.
+    line: int
+    offset: int
+    consumed: int
+    finished: bool
+
+
+class _Stopped(Exception):
+    """Ctrl-C while a chunk waited for room in the queue: nothing of it was written."""
+
+
 class _Run:
-    """One pass over the input: chunks, commits with the job's position, waits while the queue is full."""
+    """One pass over the input: chunks, commits with the job's position, waits while the queue is full.
+
+    A chunk commits on a thread of its own while this one reads and parses the next: a commit
+    spends much of its time waiting for Redis, which runs on another core, and parsing is most of
+    an import's work.  One chunk at most is in flight, and the next is handed over only once it
+    has committed, so chunks reach Redis in input order: each user's order and the job's resume
+    position depend on it.  A commit's error is raised here when the next chunk is handed over
+    (at most one chunk of reading later), or at the end of the input.
+    """
 
     def __init__(self, importer: Importer, source: LineSource, info: SourceInfo, report: ImportReport, *,
                  token: str, rejects: RejectsFile | None, started: float) -> None:  # fmt: skip
@@ -204,75 +245,133 @@ class _Run:
         #: Whether a chunk of this run reached Redis (then the job's record holds where it stopped).
         self.committed = False
         self.ttl_ms = int(self.options.fingerprint_ttl_s * 1000)
+        #: The chunk handed over to commit, until its outcome has been taken.
+        self.pending: Future[None] | None = None
+        #: Set as the reading ends: a chunk waiting for room in the queue (after Ctrl-C) stops waiting.
+        self.stopping = threading.Event()
+        self.pause: Callable[[float], object] = importer._sleep or self.stopping.wait
 
     def go(self, items: Iterator[Item]) -> None:
         records: list[ValidRecord] = []
         lines: list[int] = []
         fingerprints: list[bytes] | None = [] if self.options.skip_unchanged else None
-        rejected = 0
+        rejections: list[Rejected] = []
         size = self.importer._chunk_size
-        for item in items:
-            if type(item) is Good:
-                records.append(item.record)
-                lines.append(self.source.line)  # the source stands right after the record
-                if fingerprints is not None:
-                    fingerprints.append(item.fingerprint or b"")
-            else:
-                assert type(item) is Rejected
-                rejected += 1
-                self.reject(item)
-            if len(records) + rejected >= size:
-                self.commit(records, lines, fingerprints, rejected, finished=False)
-                records, lines, rejected = [], [], 0
-                fingerprints = [] if fingerprints is not None else None
-        self.commit(records, lines, fingerprints, rejected, finished=True)
+        source = self.source
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identify-queue-import")
+        # This thread holds the GIL while it parses; the committing thread needs it back after each of
+        # its waits for Redis (the send, the reply, the job's advance), and CPython takes it from a busy
+        # thread only after the switch interval: 5 ms by default, about a chunk's whole round trip,
+        # which the commit would then spend waiting for this thread (bench.importer gained nothing
+        # from the overlap at 5 ms, and about the same at anything from 0.2 to 2 ms).  Shorter for
+        # the run (the setting is the process's), it costs nothing while only one thread runs.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
+        try:
+            for item in items:
+                if type(item) is Good:
+                    records.append(item.record)
+                    lines.append(source.line)  # the source stands right after the record
+                    if fingerprints is not None:
+                        fingerprints.append(item.fingerprint or b"")
+                else:
+                    assert type(item) is Rejected
+                    rejections.append(item)
+                if len(records) + len(rejections) >= size:
+                    self.hand_over(pool, self.cut(records, lines, fingerprints, rejections, finished=False))
+                    records, lines, rejections = [], [], []
+                    fingerprints = [] if fingerprints is not None else None
+            self.hand_over(pool, self.cut(records, lines, fingerprints, rejections, finished=True))
+            self.wait()
+        except Exception:
+            # The reading failed after the chunk in flight was cut: that chunk commits first, as it
+            # did before the next one was read, and its own error, if it has one, is the one raised.
+            self.wait()
+            raise
+        finally:
+            sys.setswitchinterval(interval)
+            # No commit goes on once run() has ended, so the job's recorded position is final when
+            # the caller reads it (the --resume command after Ctrl-C): after Ctrl-C a chunk already
+            # handed over commits, unless it waits for room in the queue, which it stops doing.
+            self.stopping.set()
+            pool.shutdown()
+
+    def cut(self, records: list[ValidRecord], lines: list[int], fingerprints: list[bytes] | None,
+            rejections: list[Rejected], *, finished: bool) -> _Chunk:  # fmt: skip
+        source = self.source
+        return _Chunk(records, lines, fingerprints, rejections, source.line, source.offset, source.consumed(),
+                      finished)  # fmt: skip
+
+    def hand_over(self, pool: ThreadPoolExecutor, chunk: _Chunk) -> None:
+        """Commit ``chunk`` on the pool's thread, once the chunk before it has committed."""
+        self.wait()
+        self.pending = pool.submit(self.commit, chunk)
+
+    def wait(self) -> None:
+        """Wait for the chunk in flight to commit; its error, if it failed, is raised here."""
+        pending = self.pending
+        if pending is None:
+            return
+        try:
+            pending.result()
+        finally:
+            if pending.done():  # not when Ctrl-C came first: go() sees to the chunk then
+                self.pending = None
+
+    def commit(self, chunk: _Chunk) -> None:
+        """Tell and write the chunk's rejections, enqueue its records (each shard records the chunk's
+        end with them), then the job's position after it; wait while the queue is full."""
+        for item in chunk.rejections:
+            self.reject(item)
+        if self.rejects is not None:
+            # Before the chunk's position, so a crash cannot lose a rejection.  Only this thread writes
+            # the file, a chunk at a time in order: the file never holds a line past the chunk being
+            # committed, and a resume drops those past the recorded position (RejectsFile).
+            self.rejects.flush()
+        report = self.report
+        rejected = len(chunk.rejections)
+        progress = None
+        if report.job is not None:
+            progress = JobProgress(report.job, self.token, chunk.line, chunk.offset, rejected, chunk.finished,
+                                   JOB_TTL_MS)  # fmt: skip
+        enqueued = skipped = 0
+        self.committed = True  # from here on Redis may hold part of the chunk
+        if chunk.records:
+            enqueued, skipped = self.enqueue_waiting(chunk, progress)
+        if report.job is not None:
+            counts = {"enqueued": enqueued, "skipped": skipped, "rejected": rejected}
+            self.importer._jobs.advance(report.job, self.token, line=chunk.line, offset=chunk.offset,
+                                        finished=chunk.finished, **counts)  # fmt: skip
+        report.lines = chunk.line
+        report.enqueued += enqueued
+        report.skipped += skipped
+        report.rejected += rejected
+        report.lines_this_run = chunk.line - self.first_line
+        report.elapsed_s = self.importer._clock() - self.started
+        self.display.update(report.snapshot(chunk.consumed, self.consumed_at_start, self.info.size))
 
     def reject(self, item: Rejected) -> None:
         self.display.note(f"line {item.line}: {item.error}")
         if self.rejects is not None:
             self.rejects.write(item.line, item.error, item.text)
 
-    def commit(self, records: list[ValidRecord], lines: list[int], fingerprints: list[bytes] | None, rejected: int,
-               *, finished: bool) -> None:  # fmt: skip
-        """Enqueue the chunk (each shard records the chunk's end with its records), then the job's
-        position after it; wait while the queue is full."""
-        if self.rejects is not None:
-            self.rejects.flush()  # before the chunk's position, so a crash cannot lose a rejection
-        report, source = self.report, self.source
-        progress = None
-        if report.job is not None:
-            progress = JobProgress(report.job, self.token, source.line, source.offset, rejected, finished, JOB_TTL_MS)
-        enqueued = skipped = 0
-        self.committed = True  # from here on Redis may hold part of the chunk
-        if records:
-            enqueued, skipped = self.enqueue_waiting(records, lines, fingerprints, progress)
-        if report.job is not None:
-            counts = {"enqueued": enqueued, "skipped": skipped, "rejected": rejected}
-            self.importer._jobs.advance(report.job, self.token, line=source.line, offset=source.offset,
-                                        finished=finished, **counts)  # fmt: skip
-        report.lines = source.line
-        report.enqueued += enqueued
-        report.skipped += skipped
-        report.rejected += rejected
-        report.lines_this_run = source.line - self.first_line
-        report.elapsed_s = self.importer._clock() - self.started
-        self.display.update(report.snapshot(source.consumed(), self.consumed_at_start, self.info.size))
-
-    def enqueue_waiting(self, records: list[ValidRecord], lines: list[int], fingerprints: list[bytes] | None,
-                        progress: JobProgress | None) -> tuple[int, int]:  # fmt: skip
+    def enqueue_waiting(self, chunk: _Chunk, progress: JobProgress | None) -> tuple[int, int]:
         attempt = 0
         noted = -FULL_NOTE_EVERY_S
         while True:
             try:
-                result = self.producer.enqueue_chunk(records, fingerprints=fingerprints, fingerprint_ttl_ms=self.ttl_ms,
-                                                     progress=progress, lines=lines)  # fmt: skip
+                result = self.producer.enqueue_chunk(chunk.records, fingerprints=chunk.fingerprints,
+                                                     fingerprint_ttl_ms=self.ttl_ms, progress=progress,
+                                                     lines=chunk.lines)  # fmt: skip
             except QueueFull as full:
                 now = self.importer._clock()
                 if now - noted >= FULL_NOTE_EVERY_S:
                     noted = now
                     self.display.note(f"{full}; waiting for the workers to make room "
                                       f"(line {self.report.lines + 1:,} onwards)")  # fmt: skip
-                self.importer._sleep(full_wait_s(attempt))
+                self.pause(full_wait_s(attempt))
+                if self.stopping.is_set():
+                    raise _Stopped from None
                 attempt += 1
                 continue
             if attempt:

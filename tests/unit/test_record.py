@@ -39,6 +39,8 @@ GOOD: list[dict[str, Any]] = [
     {"user_id": U, "city": "Zürich", "user_properties": {"greeting": "grüezi 👋"}},
     {"user_id": "x" * 1024},
     {"user_id": U, "user_properties": {"big": 2**63 - 1, "neg": -(2**63)}},
+    {"user_id": U, "user_properties": {"$set": {"s": "x" * 1024, "big": 2**64 - 1, "neg": -(2**63), "t": True,
+                                                "none": None, "f": 0.5, "l": [1], "o": {"a": "ü"}}}},
 ]  # fmt: skip
 
 
@@ -95,6 +97,21 @@ BAD: list[tuple[Any, str, str]] = [
      "too_many_groups"),
     ({"user_id": U, "groups": {"company": ["acme", 3]}}, "groups.company[1]", "not_string"),
     ({"user_id": U, "groups": {"company": LONG}}, "groups.company", "too_long"),
+    # one operation: its properties are checked inline (record.py's _check_operations), the same way
+    ({"user_id": U, "user_properties": {"$set": {"a": LONG}}}, "user_properties.$set.a", "too_long"),
+    ({"user_id": U, "user_properties": {"$set": {"a": "\ud800"}}}, "user_properties.$set.a", "bad_utf8"),
+    ({"user_id": U, "user_properties": {"$set": {"a": 2**64}}}, "user_properties.$set.a", "out_of_range"),
+    ({"user_id": U, "user_properties": {"$set": {"a": -(2**63) - 1}}}, "user_properties.$set.a", "out_of_range"),
+    ({"user_id": U, "user_properties": {"$set": {"a": float("nan")}}}, "user_properties.$set.a", "not_finite"),
+    ({"user_id": U, "user_properties": {"$set": {"a": {"b": LONG}}}}, "user_properties.$set.a.b", "too_long"),
+    ({"user_id": U, "user_properties": {"$set": {LONG: 1}}}, "user_properties.$set." + LONG, "too_long"),
+    ({"user_id": U, "user_properties": {"$set": {"": 1}}}, 'user_properties.$set.""', "empty_key"),
+    ({"user_id": U, "user_properties": {"$set": {"\ud800": 1}}}, "user_properties.$set.\ud800", "bad_utf8"),
+    ({"user_id": U, "user_properties": {"$set": {1: 1}}}, "user_properties.$set.1", "bad_key"),
+    ({"user_id": U, "user_properties": {"$set": {"x": b"bytes"}}}, "user_properties.$set.x", "not_json"),
+    ({"user_id": U, "user_properties": {"$unset": {"x": {1, 2}}}}, "user_properties.$unset.x", "not_json"),
+    ({"user_id": U, "user_properties": {"$setOnce": {"a": [1, [2, float("inf")]]}}}, "user_properties.$setOnce.a[1][1]",
+     "not_finite"),
 ]  # fmt: skip
 
 
