@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ import redis
 from click.testing import CliRunner, Result
 
 from producers.contract.entry import decode, shard_of
+from producers.contract.errors import SourceError
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.importer.job import JobStore
 from producers.importer.report import Snapshot, make_display
 from producers.importer.run import Importer, ImportOptions
+from producers.importer.source import LineSource, describe_source
 from producers.producer import IdentifyProducer
 from worker.cli.main import main
 
@@ -128,6 +131,19 @@ def test_gzip_is_recognised_by_its_content_not_its_name(run: Run, tmp_path: Path
         assert result.exit_code == 0, result.output
     seqs = sorted(r["user_properties"]["$set"].get("seq", -1) for r in queued())
     assert seqs == [-1, *range(2000)]
+
+
+def test_a_damaged_gzip_gives_every_line_before_the_damage_then_names_the_line(tmp_path: Path) -> None:
+    whole = gzip.compress(jsonl(100_000))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])  # a transfer cut short
+    inflated = zlib.decompressobj(wbits=31).decompress(whole[: len(whole) // 2])
+    whole_lines = inflated[: inflated.rindex(b"\n") + 1]
+    got: list[bytes] = []
+    with LineSource(describe_source(str(path))) as source, pytest.raises(SourceError) as caught:
+        got.extend(source)
+    assert b"".join(got) == whole_lines  # read ahead in large blocks, yet no line before the cut is lost
+    assert f"cannot read past line {len(whole_lines.splitlines())}: Compressed file ended" in str(caught.value)
 
 
 def test_stdin_plain_and_gzip(run: Run, queued: Any) -> None:
