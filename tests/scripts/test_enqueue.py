@@ -78,6 +78,25 @@ def test_entries_are_numbered_per_shard_and_stamped_with_redis_time(
     assert (redis_client.get(keys.shard(0).total), redis_client.get(keys.shard(1).total)) == (b"4", b"1")
 
 
+@pytest.mark.parametrize(("counter", "n"), [(0, 25), (7, 4), (95, 10), (998, 1_005), (99_999_995, 12)])
+def test_sequence_numbers_are_written_exactly_across_digit_and_slice_boundaries(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys, counter: int, n: int
+) -> None:
+    # Given a shard whose counter stands just below a power of ten (the script writes a run of
+    # numbers as its tens and a last digit), and a call longer than one slice of 1,000 appends
+    k = keys.shard(0)
+    redis_client.set(k.seq, counter)
+    [user] = users_in_shard(0, producer.config.shards, 1)
+    records = [valid(producer, user, i) for i in range(n)]
+    # When it is enqueued
+    producer.enqueue_chunk(records)
+    # Then every entry is the encoder's own text, numbered on from the counter
+    queued = listed(redis_client, k.queue)
+    stamp = entry.decode(queued[0]).enqueued_ms
+    assert queued == [entry.encode(f"u:{user}", r.data, counter + i, stamp) for i, r in enumerate(records, 1)]
+    assert int(redis_client.get(k.seq) or 0) == counter + n
+
+
 def test_the_script_touches_only_its_shards_keys_and_wakes_nothing(
     redis_client: redis.Redis, keys: Keys, namespace: str
 ) -> None:

@@ -94,17 +94,18 @@ class BudgetStore:
         """
         current = now_ms // self.slot_ms
         slot_keys = [keys.budget(s) for s in range(current - SLOTS, current + 1)]
-        users = list(wanted)
+        users, wants = list(wanted), list(wanted.values())
         limited: dict[str, Allowance] = {}
         for start in range(0, len(users), CHUNK):
-            chunk = users[start : start + CHUNK]
+            chunk, chunk_wants = users[start : start + CHUNK], wants[start : start + CHUNK]
             args: list[str | int] = [self.limit, self.ttl_ms, len(chunk), *chunk]
-            several = [(i, wanted[u]) for i, u in enumerate(chunk) if wanted[u] > 1]
+            # Most users of a claim want one (merging makes one of a run): max() spares the scan.
+            several = [(i, n) for i, n in enumerate(chunk_wants) if n > 1] if max(chunk_wants) > 1 else []
             args.append(len(several))
-            for i, count in several:
-                args += [i, count]
+            for i, n in several:
+                args += [i, n]
             reply = self._reserve(slot_keys, args, action="reserve the hourly budget")
-            granted = {user: wanted[user] for user in chunk}
+            granted = dict(zip(chunk, chunk_wants, strict=True))
             width = SLOTS + 3
             for at in range(0, len(reply), width):
                 user = chunk[int(reply[at])]
@@ -112,8 +113,11 @@ class BudgetStore:
                 counts = [int(c) for c in reply[at + 2 : at + width]]
                 limited[user] = allowance(counts, wanted[user], self.limit, now_ms, self.slot_ms)
                 granted[user] = limited[user].allowed
-            for user, n in granted.items():
-                reserved[user] = reserved.get(user, 0) + n
+            if reserved.keys().isdisjoint(granted):
+                reserved.update(granted)  # the usual case, a claim's first reservation: in C
+            else:
+                for user, n in granted.items():
+                    reserved[user] = reserved.get(user, 0) + n
         return Reservation(slot_keys[-1], limited)
 
     def refund(self, slot_key: str, counts: dict[str, int]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ class Work:
     #: applied: the difference is refunded when the claim is done.
     budget_slot: str = ""
     reserved: dict[str, int] = field(default_factory=dict)
-    applied: dict[str, int] = field(default_factory=dict)
+    applied: Counter[str] = field(default_factory=Counter)
     #: A merged item was split back: a user may now have more identifications than reserved.
     rebudget: bool = False
 
@@ -245,9 +246,8 @@ class Drainer:
     def _apply(self, shard: int, token: str, work: Work, r: Remedy, outcome: Outcome) -> Pause | None:
         """Do what a remedy says: count, lower the request size, settle, log, block or pause."""
         self._unnamed_run = r.unnamed_run
-        applied = work.applied
-        for user in [item.entries[0].user_key for item in r.applied]:
-            applied[user] = applied.get(user, 0) + 1
+        if self.budget is not None:  # what was applied is counted for the budget's refund only
+            work.applied.update([item.entries[0].user_key for item in r.applied])  # Counter: counted in C
         work.pending = r.pending
         work.splits[0:0] = r.splits
         work.rebudget = work.rebudget or r.rebudget
@@ -322,8 +322,8 @@ class Drainer:
 
     def _refund(self, work: Work) -> None:
         """Give back the budget reserved for what was not sent, or surely not applied."""
-        if self.budget is None or not work.reserved or not work.budget_slot:
-            return
+        if self.budget is None or not work.reserved or not work.budget_slot or work.reserved == work.applied:
+            return  # the last test is the usual end of a claim: everything reserved was sent
         unused = {u: n for u, n in work.budget_left().items() if n > 0}
         if unused:
             self.budget.refund(work.budget_slot, unused)

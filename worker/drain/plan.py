@@ -22,6 +22,8 @@ from producers.record import compact_json
 from worker.drain import batcher
 from worker.drain.merging import coalesce
 
+_new = tuple.__new__
+
 
 class Item(NamedTuple):
     """One identification of a request, and the queue entries it carries (several when merged)."""
@@ -40,8 +42,10 @@ def items(decoded: Sequence[Entry], *, merge: bool, max_record_bytes: int) -> li
     Merged, a user's items follow one another (in the order of the user's first entry); each
     user's updates keep their order either way.
     """
-    if not merge:
-        return [Item(e.data, (e,)) for e in decoded]
+    if not merge or len({e.user_key for e in decoded}) == len(decoded):
+        # merging or not, nothing to merge; tuple.__new__ is what Item(...) runs, without a
+        # Python-level call per item (a third of this step's time for a claim of 1,000)
+        return [_new(Item, (e.data, (e,))) for e in decoded]
     by_user: dict[str, list[Entry]] = {}
     for e in decoded:
         by_user.setdefault(e.user_key, []).append(e)
@@ -80,6 +84,8 @@ def entries_of(pending: Sequence[Item]) -> list[Entry]:
 def shortfall(pending: Sequence[Item], left: Mapping[str, int]) -> dict[str, int]:
     """Identifications each user must still reserve: it has ``left[user]`` reserved and unsent."""
     counts = Counter([item.entries[0].user_key for item in pending])  # a list: Counter counts it in C
+    if not left:
+        return dict(counts)  # a claim's first reservation: nothing reserved yet
     return {u: c - left.get(u, 0) for u, c in counts.items() if c > left.get(u, 0)}
 
 

@@ -113,7 +113,7 @@ def remedy(outcome: Outcome, batch: Sequence[Item], rest: Sequence[Item], rules:
 
 
 def accepted(batch: Sequence[Item], rest: Sequence[Item]) -> Remedy:
-    delivered = sum(len(i.entries) for i in batch)
+    delivered = sum([len(i.entries) for i in batch])
     return Remedy(list(rest), Settlement(delivered=delivered, requests=1), applied=tuple(batch))
 
 

@@ -21,6 +21,18 @@ for i = 0, k - 1 do
 end
 local current_key = KEYS[#KEYS]
 
+-- Redis writes a Lua number out with a printf (a sixth of this script's time for a claim of new
+-- users): the counts, small integers and most of them 1, go to Redis as text, each formatted once.
+local texts = {}
+local function text(v)
+  local t = texts[v]
+  if not t then
+    t = tostring(v)
+    texts[v] = t
+  end
+  return t
+end
+
 -- Count what goes in the current slot, and raise the slot's mark (the highest count of any user in
 -- it: a bound, since a refund lowers a count and never the mark).
 -- ``allowed``: per user, what may go; nil: all that each wants.
@@ -32,12 +44,12 @@ local function count(column, allowed_by_user)
       local value = tonumber(column[u] or 0) + allowed
       if value > high then high = value end
       updates[#updates + 1] = ARGV[3 + u]
-      updates[#updates + 1] = value
+      updates[#updates + 1] = text(value)
     end
   end
   if #updates > 0 then
     updates[#updates + 1] = '#max'
-    updates[#updates + 1] = high
+    updates[#updates + 1] = text(high)
     redis.call('HSET', current_key, unpack(updates))
     redis.call('PEXPIRE', current_key, ttl)
   end
