@@ -55,6 +55,15 @@ def redis_client(redis_server: LocalRedis) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def clear_namespace(keys: Keys, redis_client: redis.Redis) -> Iterator[None]:
+    """Unlink every key of the test's namespace after it: for tests that queue up to a million
+    records, whose memory the session's Redis should get back."""
+    yield
+    for key in redis_client.scan_iter(match=keys.pattern(), count=1000):
+        redis_client.unlink(key)
+
+
+@pytest.fixture
 def queue_config(request: pytest.FixtureRequest, redis_server: LocalRedis, namespace: str) -> QueueConfig:
     """Eight shards, unless the test says otherwise with ``@pytest.mark.shards(n)``."""
     marker = request.node.get_closest_marker("shards")

@@ -35,6 +35,8 @@ from producers.producer import IdentifyProducer
 from tests.support import wait_until
 from worker.devtools.local_stack import COMMAND
 
+pytestmark = pytest.mark.usefixtures("clear_namespace")
+
 USERS = 37
 #: (line number, seq): each input item's line and the seq it carries; seq None for a refused line.
 Items = list[tuple[int, int | None]]
@@ -86,14 +88,6 @@ def refused(items: Items) -> list[int]:
 def through(items: Items, line: int) -> Items:
     """The items on lines up to ``line``."""
     return [item for item in items if item[0] <= line]
-
-
-@pytest.fixture
-def keys(queue_config: QueueConfig, redis_client: redis.Redis) -> Iterator[Keys]:
-    keys = Keys(queue_config.namespace)
-    yield keys
-    for key in redis_client.scan_iter(match=keys.pattern(), count=1000):
-        redis_client.unlink(key)
 
 
 class _Counted(Importer):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +19,8 @@ from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from tests.support import StartWorker, check_delivery, total_of, wait_until
 from worker.devtools.local_stack import COMMAND, LocalAmplitudeProcess
+
+pytestmark = pytest.mark.usefixtures("clear_namespace")
 
 
 def env_for(config: QueueConfig, **extra: str) -> dict[str, str]:
@@ -36,15 +37,6 @@ def write_lines(path: Path, count: int, *, compress: bool = False) -> None:
                 b'"platform":"Web"}\n' % (i % 100_000, i)
                 for i in range(start, min(count, start + 50_000))
             ))  # fmt: skip
-
-
-@pytest.fixture
-def keys(queue_config: QueueConfig, redis_client: redis.Redis) -> Iterator[Keys]:
-    keys = Keys(queue_config.namespace)
-    yield keys
-    # These tests queue up to a million records: give the session's Redis its memory back.
-    for key in redis_client.scan_iter(match=keys.pattern(), count=1000):
-        redis_client.unlink(key)
 
 
 def queued_seqs(client: redis.Redis, keys: Keys, shards: int) -> list[int]:
