@@ -189,7 +189,7 @@ class Drainer:
             log.error("shard %d: dead-lettered a poison record of %s: %s", shard, culprit.user_key, detail)
         behind: list[Parking] = []
         if claim.waiting_users and decoded:
-            decoded, behind = self._behind_waiting(shard, decoded)
+            decoded, behind = self._behind_waiting(shard, decoded, claim.waiting_users)
         work = Work(
             pending=plan.items(
                 decoded, merge=self.settings.coalesce, max_record_bytes=self.settings.queue.max_record_bytes
@@ -279,7 +279,9 @@ class Drainer:
                 log.error("dead-lettered an undecodable queue entry: %r", raw[:80])
         return decoded, dead
 
-    def _behind_waiting(self, shard: int, decoded: list[Entry]) -> tuple[list[Entry], list[Parking]]:
+    def _behind_waiting(
+        self, shard: int, decoded: list[Entry], waiting_users: int
+    ) -> tuple[list[Entry], list[Parking]]:
         """Split a claim into what may go now and what goes back behind older waiting updates.
 
         An update may be sent only if no older update of its user waits (waiting.py): a user's
@@ -287,8 +289,8 @@ class Drainer:
         ones, older than all it has waiting, go now; in-flight updates newer than a replayed dead
         letter wait for it.
         """
-        users = list(dict.fromkeys(e.user_key for e in decoded))
-        oldest = self.store.oldest_waiting(shard, users)
+        users = list(dict.fromkeys([e.user_key for e in decoded]))
+        oldest = self.store.oldest_waiting(shard, users, waiting_users)
         if not oldest:
             return decoded, []
         send, back = waiting.split(decoded, oldest)

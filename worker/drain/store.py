@@ -65,8 +65,8 @@ class ShardStore:
     def settle(self, shard: int, token: str, settlement: Settlement) -> list[str]:
         return self._settlements.settle(shard, token, settlement)
 
-    def oldest_waiting(self, shard: int, users: list[str]) -> dict[str, int]:
-        return self._waiting.oldest(shard, users)
+    def oldest_waiting(self, shard: int, users: list[str], waiting: int | None = None) -> dict[str, int]:
+        return self._waiting.oldest(shard, users, waiting)
 
     def block(
         self, reason: str, detail: str, status: int | None, *, base_s: float, cap_s: float, jitter: float

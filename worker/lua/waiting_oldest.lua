@@ -3,13 +3,20 @@
 --
 -- KEYS  parked, waiting.
 -- ARGV  user keys.
--- Reply per user, in ARGV's order: that seq, or -1 for a user that does not wait.
+-- Reply for each user that waits, in ARGV's order: its position in ARGV (0-based) and that seq,
+--       flat.  Most users of a claim do not wait: a number for each of them cost the drainer more
+--       than the lookup.
 --! uses: waiting
 
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 local out = {}
-for i, user in ipairs(ARGV) do
-  out[i] = -1
-  if scores[i] then out[i] = waiting.oldest(KEYS[2], user) end
+for i = 1, #ARGV do
+  if scores[i] then
+    local seq = waiting.oldest(KEYS[2], ARGV[i])
+    if seq >= 0 then
+      out[#out + 1] = i - 1
+      out[#out + 1] = seq
+    end
+  end
 end
 return out
