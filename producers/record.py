@@ -116,20 +116,34 @@ def _path(parts: list[str]) -> str:
 
 
 def validate(obj: Any, *, min_id_length: int = 5, max_record_bytes: int = 64 * 1024) -> ValidRecord:
-    """Check ``obj`` against Amplitude's rules; return its user key and encoded bytes."""
-    user_key = check(obj, min_id_length=min_id_length)
-    data = compact_json(obj)
+    """Check ``obj`` against Amplitude's rules; return its user key and encoded bytes.
+
+    The record is encoded first.  When orjson wrote it (so its strings are valid UTF-8 and its
+    integers fit in 64 bits) in no more than ``MAX_STRING`` bytes (so no string in it, key or value,
+    can be longer than that), the checks of lengths, encodings and ranges are skipped: most
+    records are that short, and those checks were a quarter of what validation cost (bench/stages.py).
+    """
+    try:
+        data = compact_json(obj)
+    except TypeError:  # orjson.JSONEncodeError is one: the full check names what is wrong
+        check(obj, min_id_length=min_id_length)
+        raise
+    user_key = check(obj, min_id_length=min_id_length, encoded=len(data) <= MAX_STRING)
     if len(data) > max_record_bytes:
         raise InvalidRecord("", "too_large", f"encodes to {len(data)} bytes, more than the {max_record_bytes} allowed")
     return ValidRecord(user_key, data)
 
 
-def check(obj: Any, *, min_id_length: int = 5) -> str:
-    """Check ``obj`` against Amplitude's rules (all but the size cap); return its user key."""
+def check(obj: Any, *, min_id_length: int = 5, encoded: bool = False) -> str:
+    """Check ``obj`` against Amplitude's rules (all but the size cap); return its user key.
+
+    ``encoded``: orjson encoded ``obj`` in at most ``MAX_STRING`` bytes, so lengths, encodings and
+    integer ranges are known to be within the rules (``validate``).
+    """
     if type(obj) is not dict:
         raise InvalidRecord("", "not_object", f"must be a JSON object, got {_type_name(obj)}")
     try:
-        return _check_top(obj, min_id_length)
+        return _check_top(obj, min_id_length, encoded)
     except _Bad as bad:
         raise InvalidRecord(_path(bad.parts), bad.rule, bad.message) from None
 
@@ -224,22 +238,24 @@ def _first_repeated(value: Any, parts: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def _check_top(obj: dict[str, Any], min_id_length: int) -> str:
+def _check_top(obj: dict[str, Any], min_id_length: int, encoded: bool) -> str:
     for name, value in obj.items():
         if name in _STRING_FIELDS:
-            if value is not None and (type(value) is not str or len(value) > MAX_STRING or not value.isascii()):
+            if value is not None and (
+                type(value) is not str or (not encoded and (len(value) > MAX_STRING or not value.isascii()))
+            ):
                 if type(value) is not str:
                     raise _Bad("not_string", f"must be a string, got {_type_name(value)}", [name])
                 _check_string(value, name)
         elif name not in _FIELD_SET:
             _unknown_field(str(name))
-    user_id = _check_id(obj, "user_id", min_id_length)
-    device_id = _check_id(obj, "device_id", min_id_length)
+    user_id = _check_id(obj, "user_id", min_id_length, encoded)
+    device_id = _check_id(obj, "device_id", min_id_length, encoded)
     if user_id is None and device_id is None:
         raise _Bad("missing_id", "user_id or device_id is required", [])
     props = obj.get("user_properties")
     if props is not None:
-        _check_properties(props)
+        _check_properties(props, encoded)
     groups = obj.get("groups")
     if groups is not None:
         _check_groups(groups)
@@ -268,7 +284,7 @@ def unknown_field_message(name: str) -> str:
     return f"unknown field; known fields: {', '.join(FIELDS)}"
 
 
-def _check_id(obj: dict[str, Any], name: str, min_length: int) -> str | None:
+def _check_id(obj: dict[str, Any], name: str, min_length: int, encoded: bool) -> str | None:
     value = obj.get(name)
     if value is None:
         return None
@@ -276,7 +292,7 @@ def _check_id(obj: dict[str, Any], name: str, min_length: int) -> str | None:
         raise _Bad("not_string", f"must be a string, got {_type_name(value)}", [name])
     if len(value) < min_length:
         raise _Bad("too_short", f"must be at least {min_length} characters, got {len(value)}", [name])
-    if len(value) > MAX_STRING or not value.isascii():
+    if not encoded and (len(value) > MAX_STRING or not value.isascii()):
         _check_string(value, name)
     if value.lower() in RESERVED_IDS:
         raise _Bad("reserved_id", f"{value!r} is a placeholder Amplitude refuses as an id", [name])
@@ -295,13 +311,13 @@ def _check_string(value: str, name: str | None) -> None:
             raise _Bad("bad_utf8", "not valid UTF-8 (lone surrogate)", parts) from None
 
 
-def _check_properties(props: Any) -> None:
+def _check_properties(props: Any, encoded: bool) -> None:
     if type(props) is not dict:
         raise _Bad("not_object", f"must be an object, got {_type_name(props)}", ["user_properties"])
     try:
         first = next(iter(props), "")
         if type(first) is str and first.startswith("$"):
-            _check_operations(props)
+            _check_operations(props, encoded)
         else:
             _check_object(props, 1)
             for key in props:
@@ -315,7 +331,7 @@ def _check_properties(props: Any) -> None:
         raise bad.push("user_properties") from None
 
 
-def _check_operations(props: dict[Any, Any]) -> None:
+def _check_operations(props: dict[Any, Any], encoded: bool) -> None:
     # Only a record with several operations can repeat a property across them.
     seen: dict[str, str] | None = {} if len(props) > 1 else None
     for op, body in props.items():
@@ -325,14 +341,16 @@ def _check_operations(props: dict[Any, Any]) -> None:
         for name, value in body.items():
             # The common case inline (a short ASCII name seen in no other operation, a scalar value):
             # a call per property was a third of what validation cost.  Anything else goes through
-            # _check_operand, which checks it all again, in order, and names what is wrong.
+            # _check_operand, which checks it all again, in order, and names what is wrong.  In an
+            # encoded record (``check``), lengths, encodings and integer ranges are already known.
             t = type(value)
             if (
-                type(name) is str and name and len(name) <= MAX_STRING and name.isascii()
+                type(name) is str and name and (encoded or (len(name) <= MAX_STRING and name.isascii()))
                 and (seen is None or name not in seen)
                 and (
-                    (t is int and _INT_MIN <= value <= _INT_MAX) or (not is_add and (
-                        (t is str and len(value) <= MAX_STRING and value.isascii()) or t is bool or value is None))
+                    (t is int and (encoded or _INT_MIN <= value <= _INT_MAX)) or (not is_add and (
+                        (t is str and (encoded or (len(value) <= MAX_STRING and value.isascii())))
+                        or t is bool or value is None))
                 )
             ):  # fmt: skip
                 if seen is not None:

@@ -6,9 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers.contract.errors import InvalidRecord
-from producers.record import FIELDS, repeated_key, validate, validate_json
+from producers.record import FIELDS, MAX_STRING, check, repeated_key, validate, validate_json
 
 U = "user-0001"
 LONG = "x" * 1025
@@ -197,3 +199,62 @@ REPEATED: list[tuple[bytes, tuple[str, str] | None]] = [
 def test_a_key_given_twice_is_found_with_its_path(text: bytes, found: tuple[str, str] | None) -> None:
     assert repeated_key(text, orjson.dumps(orjson.loads(text))) == found
     assert repeated_key(text.decode(), orjson.dumps(orjson.loads(text))) == found
+
+
+# -- the encoded record's shortcut ----------------------------------------------------------------
+NAMES = st.sampled_from(["a", "plan", "", "ü", "b\u00e9", "$set", "x" * 40, "dup"])
+SCALARS = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1), st.sampled_from([2**63, -(2**63), 2**64 - 1]),
+    st.text(max_size=30), st.sampled_from(["", "null", "ü" * 5]), st.booleans(), st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+)  # fmt: skip
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.dictionaries(NAMES, SCALARS, max_size=3),
+                   st.tuples(SCALARS))  # fmt: skip
+OPERATIONS = st.sampled_from(["$set", "$setOnce", "$add", "$unset", "$append", "$clearAll", "$bogus", "plain"])
+RECORDS = st.fixed_dictionaries(
+    {"user_id": st.one_of(st.sampled_from([U, "null", "abc", "user-ü-0001", "0"]), st.integers(), st.none())},
+    optional={
+        "device_id": st.sampled_from(["device-abcdef", "dev", "ünïcode-device"]),
+        "platform": st.one_of(st.sampled_from(["Web", "iOS ü", ""]), st.integers()),
+        "user_properties": st.one_of(
+            st.dictionaries(OPERATIONS, st.one_of(st.dictionaries(NAMES, VALUES, max_size=4), SCALARS), max_size=3),
+            st.dictionaries(NAMES, VALUES, max_size=3), st.integers(),
+        ),
+    },
+)  # fmt: skip
+
+
+def judged(record: Any, **options: Any) -> tuple[Any, ...]:
+    try:
+        return ("valid", check(record, **options))
+    except InvalidRecord as exc:
+        return ("invalid", exc.field, exc.rule, exc.detail)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=RECORDS)
+def test_a_short_encoded_record_is_judged_as_the_full_check_judges_it(record: dict[str, Any]) -> None:
+    # validate skips lengths, encodings and integer ranges when orjson wrote the record in at most
+    # MAX_STRING bytes: for every such record the answer must be the full check's
+    try:
+        short = len(orjson.dumps(record)) <= MAX_STRING
+    except TypeError:
+        short = False
+    assert judged(record, encoded=short) == judged(record)
+    try:
+        assert ("valid", validate(record).user_key) == judged(record)
+    except InvalidRecord as exc:
+        assert ("invalid", exc.field, exc.rule, exc.detail) == judged(record)
+    except TypeError:
+        assert judged(record)[0] == "valid"  # orjson cannot write it and no rule refuses it: as before
+
+
+@pytest.mark.parametrize("size", [MAX_STRING - 60, MAX_STRING - 40, MAX_STRING + 1])
+def test_records_around_the_shortcut_s_size_validate_the_same(size: int) -> None:
+    text = "x" * size
+    for value in (text, text[:-1] + "\ud800"):
+        record = {"user_id": U, "user_properties": {"$set": {"s": value}}}
+        try:
+            assert ("valid", validate(record).user_key) == judged(record)
+        except InvalidRecord as exc:
+            assert ("invalid", exc.field, exc.rule, exc.detail) == judged(record)
