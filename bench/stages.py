@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     form = {"api_key": "key", "identification": text}
     rows = [
         ("validate an identification (every rule) and encode it", lambda: [validate(r) for r in records]),
+        (
+            "the same, parsed from JSON (import, serve: encoded first, see design.md)",
+            lambda: [validate(r, parsed=True) for r in records],
+        ),
         ("queue entry: encode", lambda: [entry.tail(v.user_key, v.data) for v in valid]),
         ("queue entry: decode (a claim of 1,000 at once, as the drain does)", lambda: entry.decode_all(raws)),
         ("request body: our form encoder", lambda: form_body("key", payload)),

@@ -115,20 +115,29 @@ def _path(parts: list[str]) -> str:
     return out
 
 
-def validate(obj: Any, *, min_id_length: int = 5, max_record_bytes: int = 64 * 1024) -> ValidRecord:
+def validate(
+    obj: Any, *, min_id_length: int = 5, max_record_bytes: int = 64 * 1024, parsed: bool = False
+) -> ValidRecord:
     """Check ``obj`` against Amplitude's rules; return its user key and encoded bytes.
 
-    The record is encoded first.  When orjson wrote it (so its strings are valid UTF-8 and its
+    ``parsed``: ``obj`` came from a JSON or CSV parser, so it holds plain JSON values only.  Such a
+    record is encoded first, and when orjson wrote it (so its strings are valid UTF-8 and its
     integers fit in 64 bits) in no more than ``MAX_STRING`` bytes (so no string in it, key or value,
-    can be longer than that), the checks of lengths, encodings and ranges are skipped: most
-    records are that short, and those checks were a quarter of what validation cost (bench/stages.py).
+    can be longer than that), the checks of lengths, encodings and ranges are skipped: those
+    checks were a tenth of what validating an import's line cost (bench/stages.py).  Any other
+    object is checked first: orjson runs the code of the objects it encodes natively (enums,
+    dataclasses, datetimes), and an exception raised there crashes the process (orjson 3.13).
     """
-    try:
+    if not parsed:
+        user_key = check(obj, min_id_length=min_id_length)
         data = compact_json(obj)
-    except TypeError:  # orjson.JSONEncodeError is one: the full check names what is wrong
-        check(obj, min_id_length=min_id_length)
-        raise
-    user_key = check(obj, min_id_length=min_id_length, encoded=len(data) <= MAX_STRING)
+    else:
+        try:
+            data = compact_json(obj)
+        except TypeError:  # orjson.JSONEncodeError is one: the full check names what is wrong
+            check(obj, min_id_length=min_id_length)
+            raise
+        user_key = check(obj, min_id_length=min_id_length, encoded=len(data) <= MAX_STRING)
     if len(data) > max_record_bytes:
         raise InvalidRecord("", "too_large", f"encodes to {len(data)} bytes, more than the {max_record_bytes} allowed")
     return ValidRecord(user_key, data)
@@ -164,7 +173,7 @@ def validate_json(line: bytes | str, **limits: int) -> ValidRecord:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise InvalidRecord("", "bad_json", f"not valid JSON: {exc}") from None
-    record = validate(obj, **limits)
+    record = validate(obj, **limits, parsed=True)
     check_unique_keys(line, record.data)
     return record
 

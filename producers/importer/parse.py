@@ -51,7 +51,7 @@ def jsonl_items(source: LineSource, *, min_id_length: int, max_record_bytes: int
             continue
         try:
             obj = loads(line)
-            record = validate(obj, min_id_length=min_id_length, max_record_bytes=max_record_bytes)
+            record = validate(obj, min_id_length=min_id_length, max_record_bytes=max_record_bytes, parsed=True)
             # check_unique_keys's quick tests, inline: a call per line costs as much as the tests.  A
             # line written as orjson writes it (most exports) starts with its own encoding.
             data = record.data
@@ -111,7 +111,7 @@ def csv_items(source: LineSource, options: CsvOptions, *, min_id_length: int, ma
                 start = source.line + 1
                 continue
             obj = row_to_record(cells, plan)
-            record = validate(obj, min_id_length=min_id_length, max_record_bytes=max_record_bytes)
+            record = validate(obj, min_id_length=min_id_length, max_record_bytes=max_record_bytes, parsed=True)
         except StopIteration:
             return
         except csv.Error as exc:

@@ -212,7 +212,8 @@ def validate_all(
     for index, item in enumerate(items):
         try:
             record, dropped = as_identification(item)
-            valid.append(validate(record, min_id_length=queue.min_id_length, max_record_bytes=queue.max_record_bytes))
+            valid.append(validate(record, min_id_length=queue.min_id_length, max_record_bytes=queue.max_record_bytes,
+                                  parsed=True))  # fmt: skip
         except InvalidRecord as exc:
             rejected.append(exc.at(index))
             continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -241,12 +244,13 @@ def test_a_short_encoded_record_is_judged_as_the_full_check_judges_it(record: di
     except TypeError:
         short = False
     assert judged(record, encoded=short) == judged(record)
-    try:
-        assert ("valid", validate(record).user_key) == judged(record)
-    except InvalidRecord as exc:
-        assert ("invalid", exc.field, exc.rule, exc.detail) == judged(record)
-    except TypeError:
-        assert judged(record)[0] == "valid"  # orjson cannot write it and no rule refuses it: as before
+    for parsed in (False, True):  # these values are all safe to encode first (no enum, no datetime)
+        try:
+            assert ("valid", validate(record, parsed=parsed).user_key) == judged(record)
+        except InvalidRecord as exc:
+            assert ("invalid", exc.field, exc.rule, exc.detail) == judged(record)
+        except TypeError:
+            assert judged(record)[0] == "valid"  # orjson cannot write it and no rule refuses it: as before
 
 
 @pytest.mark.parametrize("size", [MAX_STRING - 60, MAX_STRING - 40, MAX_STRING + 1])
@@ -255,6 +259,41 @@ def test_records_around_the_shortcut_s_size_validate_the_same(size: int) -> None
     for value in (text, text[:-1] + "\ud800"):
         record = {"user_id": U, "user_properties": {"$set": {"s": value}}}
         try:
-            assert ("valid", validate(record).user_key) == judged(record)
+            assert ("valid", validate(record, parsed=True).user_key) == judged(record)
         except InvalidRecord as exc:
             assert ("invalid", exc.field, exc.rule, exc.detail) == judged(record)
+
+
+REFUSED_BY_TYPE = """
+import datetime, enum
+from producers.contract.errors import InvalidRecord
+from producers.record import validate
+
+class Raising(datetime.tzinfo):
+    def utcoffset(self, dt):
+        raise RuntimeError("boom")
+
+class Plan(enum.Enum):
+    PRO = 1
+
+    @property
+    def value(self):
+        raise RuntimeError("boom")
+
+for record in ({"user_id": "user-0001", "platform": datetime.datetime(2020, 1, 1, tzinfo=Raising())},
+               {"user_id": "user-0001", "user_properties": {"$set": {"plan": Plan.PRO}}}):
+    try:
+        validate(record)
+    except InvalidRecord as exc:
+        print(exc.field, exc.rule)
+"""
+
+
+def test_objects_orjson_would_run_the_code_of_are_refused_by_type_first() -> None:
+    # orjson encodes enums and datetimes itself, running their code, and an exception raised there
+    # crashes the interpreter (orjson 3.13): a Python object is checked before it is encoded (only
+    # parsed records are encoded first).  In a child process, so that a crash fails this test only.
+    done = subprocess.run([sys.executable, "-c", REFUSED_BY_TYPE], check=False, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout.splitlines() == ["platform not_string", "user_properties.$set.plan not_json"]
