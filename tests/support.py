@@ -4,9 +4,12 @@ scripted Amplitude for the Drainer.  Fixtures are in conftest.py; no test module
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs
@@ -49,6 +52,25 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
+
+
+@contextmanager
+def running(command: list[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` running, its stderr in ``log``; killed on the way out if it still runs."""
+    with open(log, "wb") as err:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def interrupt(process: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C, as a terminal sends it (SIGINT); the exit code the process then gives."""
+    process.send_signal(signal.SIGINT)
+    return process.wait(30)
 
 
 def seq_records(users: int, per_user: int, prefix: str = "user") -> list[dict[str, Any]]:

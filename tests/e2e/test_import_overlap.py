@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import shlex
-import signal
 import subprocess
 import threading
 from collections import defaultdict
@@ -28,11 +27,12 @@ from producers.contract.entry import decode
 from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
+from producers.importer.job import JobState
 from producers.importer.parse import Item
 from producers.importer.run import Importer, ImportOptions
 from producers.importer.source import LineSource
 from producers.producer import IdentifyProducer
-from tests.support import wait_until
+from tests.support import interrupt, running, wait_until
 from worker.devtools.local_stack import COMMAND
 
 pytestmark = pytest.mark.usefixtures("clear_namespace")
@@ -83,6 +83,16 @@ def rejected_lines(path: Path) -> list[int]:
 
 def refused(items: Items) -> list[int]:
     return [line for line, seq in items if seq is None]
+
+
+def assert_stopped_after(client: redis.Redis, keys: Keys, shards: int, state: JobState | None, committed: Items,
+                         rejects: Path, told: Items) -> None:  # fmt: skip
+    """An interrupted import stands after its ``committed`` items: the job's position and counts,
+    what Redis holds, and the rejects file, which holds the rejections of the ``told`` items."""
+    assert state is not None and state.line == committed[-1][0]
+    assert queued_by_user(client, keys, shards) == expected_by_user(committed)
+    assert state.rejected == len(refused(committed))
+    assert rejected_lines(rejects) == refused(told)
 
 
 def through(items: Items, line: int) -> Items:
@@ -138,10 +148,7 @@ def test_a_chunk_whose_enqueue_fails_stops_the_import_before_another_is_read(
         state = importer.recorded()
     # Then Redis holds the first six chunks, as the job's position says, and the rejects file the
     # rejections of the seven chunks that began to commit (written before their enqueue), none of the 8th
-    assert state is not None and state.line == items[599][0]
-    assert queued_by_user(redis_client, keys, queue_config.shards) == expected_by_user(items[:600])
-    assert state.rejected == len(refused(items[:600]))
-    assert rejected_lines(rejects) == refused(items[:700])
+    assert_stopped_after(redis_client, keys, queue_config.shards, state, items[:600], rejects, items[:700])
 
     # When it is resumed, every line is enqueued once, in order, and every rejection written once
     with IdentifyProducer(queue_config) as producer:
@@ -210,10 +217,7 @@ def test_ctrl_c_while_the_next_chunk_is_read_lets_the_chunk_in_flight_commit(
         state = importer.recorded()
     # Then the chunk in flight committed before run() gave the interrupt back: where the job stands
     # (what --resume goes on from) is after it, and nothing of the next chunk is anywhere
-    assert state is not None and state.line == items[499][0]
-    assert queued_by_user(redis_client, keys, queue_config.shards) == expected_by_user(items[:500])
-    assert state.rejected == len(refused(items[:500]))
-    assert rejected_lines(rejects) == refused(items[:500])
+    assert_stopped_after(redis_client, keys, queue_config.shards, state, items[:500], rejects, items[:500])
 
     # When the same input is given again with --resume, every line is enqueued once, in order
     with IdentifyProducer(queue_config) as producer:
@@ -237,18 +241,11 @@ def test_ctrl_c_mid_import_names_what_redis_holds_and_the_command_finishes_it_ex
     env = {**os.environ, "REDIS_URL": queue_config.redis_url, "IDENTIFY_NAMESPACE": queue_config.namespace,
            "IDENTIFY_SHARDS": str(queue_config.shards)}  # fmt: skip
     args = [str(path), "--chunk-size", "500", "--progress", "none", "--rejects", str(rejects)]
-    with open(log, "wb") as err:
-        process = subprocess.Popen([*COMMAND, "import", *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
-    try:
+    with running([*COMMAND, "import", *args], env, log) as process:
         job = wait_until(lambda: next(iter(redis_client.scan_iter(match=keys.import_job("*"))), None), 60,
                          "the job's progress key").decode()  # fmt: skip
         wait_until(lambda: int(redis_client.hget(job, "line") or 0) >= 20_000, 60, "progress past line 20,000")
-        process.send_signal(signal.SIGINT)
-        code = process.wait(30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        code = interrupt(process)
     text = log.read_text()
     assert code == 130, text
     assert "Traceback" not in text

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import os
 import shlex
-import signal
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from click.testing import CliRunner
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.importer.job import JobStore
-from tests.support import total_of, wait_until
+from tests.support import interrupt, running, total_of, wait_until
 from worker.cli.main import main
 from worker.devtools.local_ingest import IngestProcess
 from worker.devtools.local_stack import COMMAND
@@ -43,18 +42,10 @@ def test_ctrl_c_stops_an_import_with_130_where_it_stopped_and_the_command_to_go_
     log = tmp_path / "import.err"
     # A queue capped at 300 holds the import at a known place (line 300) until it is interrupted.
     env = {**os.environ, **env_for(queue_config, IDENTIFY_MAX_QUEUED="300")}
-    with open(log, "wb") as err:
-        process = subprocess.Popen([*COMMAND, "import", str(path), "--chunk-size", "100", "--progress", "none"],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
-    try:
+    with running([*COMMAND, "import", str(path), "--chunk-size", "100", "--progress", "none"], env, log) as process:
         wait_until(lambda: b"waiting for the workers to make room" in log.read_bytes(), timeout=30,
                    what="the import to wait on the full queue")  # fmt: skip
-        process.send_signal(signal.SIGINT)
-        code = process.wait(30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        code = interrupt(process)
     last = log.read_text().splitlines()[-1]
     assert code == 130, log.read_text()
     assert "Traceback" not in log.read_text() and "Aborted" not in log.read_text()
