@@ -43,7 +43,8 @@ class JobProgress:
     ``line`` and ``offset`` are the lines and bytes of the input consumed once the chunk is in;
     ``rejected`` is the number of the chunk's lines that were refused (added to the job's count).
     ``run`` must be the token the job's progress holds: a run another one has taken over stops.
-    ``ttl_ms``: the progress expires this long after its last update.
+    ``ttl_ms``: the progress expires this long after its last update.  ``start``: the line the
+    chunk starts after (the previous chunk's ``line``).
     """
 
     job: str
@@ -53,6 +54,7 @@ class JobProgress:
     rejected: int = 0
     finished: bool = False
     ttl_ms: int = 30 * 86_400_000  # import_job.JOB_TTL_MS, passed by the importer
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class ProducerCore:
         # keeps the wake-ups in another slot: _wake_done wakes them after)
         whole = not self._cluster
         args += [self.config.shards, 1] if whole else [0, 0]
+        with_lines = progress is not None and lines is not None
+        args.append(progress.start if progress is not None and lines is None else "")
         for shard, indices in part:
             k = self._shard_keys[shard]
             keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
@@ -174,12 +178,12 @@ class ProducerCore:
             if fingerprints is not None:
                 keys += [k.fingerprint(records[i].user_key) for i in indices]
             args += [shard, len(indices)]
-            if progress is None and fingerprints is None:
+            if not with_lines and fingerprints is None:
                 args += [entry.tail(records[i].user_key, records[i].data) for i in indices]
                 continue
             for i in indices:
-                if progress is not None:
-                    args.append(lines[i] if lines is not None else 0)
+                if with_lines:
+                    args.append(lines[i])  # type: ignore[index]
                 if fingerprints is not None:
                     args.append(fingerprints[i])
                 args.append(entry.tail(records[i].user_key, records[i].data))
@@ -349,7 +353,9 @@ class IdentifyProducer(ProducerCore):
         With ``fingerprints`` (one per record, aligned), a record whose fingerprint equals its
         user's stored one is skipped; every appended record stores its own (``b""``: the record
         must never be skipped, and clears its user's).  With ``progress``, ``lines`` gives each
-        record's line, and a shard that already has a line of the job leaves it out.
+        record's line, and a shard that already has a line of the job leaves it out; without
+        ``lines``, a shard that has a line past ``progress.start`` refuses the call (ImportAhead):
+        the lines are worth sending only where a shard may have some of them.
 
         On one Redis the chunk is one script call: everything is written or nothing (QueueFull leaves
         the records, the fingerprints and the progress as they were).  On a Redis Cluster it is one

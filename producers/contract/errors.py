@@ -11,6 +11,7 @@
     ├── ScriptRefusal            a Lua script refused the call; ``code`` is its error reply's first word
     │   ├── QueueMismatch        QUEUE_MISMATCH: Redis holds a queue laid out differently (shard count, format)
     │   ├── ImportTaken          IMPORT_TAKEN: another run of the import job took it over (also an ImportJobError)
+    │   ├── ImportAhead          IMPORT_AHEAD: a shard may have some of a chunk's lines, which were not sent
     │   └── LeaseLost            LEASE_LOST: another drainer owns the shard now (worker/errors.py; also a StoreError)
     ├── RequestRefused           the ingest endpoint refuses an HTTP request as a whole (``.status``)
     │   ├── MalformedRequest     400: not form or JSON, no identification, identification not JSON
@@ -120,6 +121,23 @@ class ImportTaken(ImportJobError, ScriptRefusal):
             self,
             "another run of this import job has taken it over (started with --resume or --restart); "
             "this run stops here, and everything it enqueued is recorded in the job's progress",
+            fields,
+        )
+
+
+class ImportAhead(ScriptRefusal):
+    """A chunk of an import job was sent without its records' lines, and a shard already has a line
+    past the chunk's start (an earlier run enqueued part of it before it stopped): only the lines
+    can tell which records it has.  The importer sends the chunk again with them."""
+
+    code = "IMPORT_AHEAD"
+
+    def __init__(self, message: str = "", fields: dict[str, str] | None = None) -> None:
+        line = (fields or {}).get("line", "?")
+        ScriptRefusal.__init__(
+            self,
+            f"a shard already has this import job's lines up to line {line}, past the chunk's start: "
+            "send the chunk with each record's line (lines=), so that the lines it has are left out",
             fields,
         )
 

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
-from producers.contract.errors import ConfigError, IdentifyQueueError, QueueFull
+from producers.contract.errors import ConfigError, IdentifyQueueError, ImportAhead, QueueFull
 from producers.importer.job import JOB_TTL_MS, Action, JobState, JobStore, default_job_name, identity
 from producers.importer.options import ImportOptions, format_of
 from producers.importer.parse import Good, Item, Rejected, csv_items, csv_plan, jsonl_items
@@ -199,12 +199,15 @@ class _Chunk:
     """
 
     records: list[ValidRecord]
-    #: Each record's line: a shard leaves out the lines an earlier run of the job gave it.
+    #: Each record's line: a shard leaves out the lines an earlier run of the job gave it.  Sent only
+    #: when a shard has a line past ``start`` (IMPORT_AHEAD): only after an interruption.
     lines: list[int]
     fingerprints: list[bytes] | None
     #: The chunk's rejected lines, in input order; told and written when the chunk commits, by the
     #: thread that writes the progress too (the display is not shared between threads).
     rejections: list[Rejected]
+    #: The line the chunk starts after.
+    start: int
     #: Lines and bytes (uncompressed) of input consumed once the chunk is in; bytes as stored, for progress.
     line: int
     offset: int
@@ -240,6 +243,8 @@ class _Run:
         self.rejects = rejects
         self.started = started
         self.first_line = report.lines
+        #: Where the next chunk starts: after the line the last one was cut at.
+        self.cut_at = source.line
         self.consumed_at_start = source.consumed()
         self.display.start(info.size, self.consumed_at_start)
         #: Whether a chunk of this run reached Redis (then the job's record holds where it stopped).
@@ -299,7 +304,8 @@ class _Run:
     def cut(self, records: list[ValidRecord], lines: list[int], fingerprints: list[bytes] | None,
             rejections: list[Rejected], *, finished: bool) -> _Chunk:  # fmt: skip
         source = self.source
-        return _Chunk(records, lines, fingerprints, rejections, source.line, source.offset, source.consumed(),
+        start, self.cut_at = self.cut_at, source.line
+        return _Chunk(records, lines, fingerprints, rejections, start, source.line, source.offset, source.consumed(),
                       finished)  # fmt: skip
 
     def hand_over(self, pool: ThreadPoolExecutor, chunk: _Chunk) -> None:
@@ -333,7 +339,7 @@ class _Run:
         progress = None
         if report.job is not None:
             progress = JobProgress(report.job, self.token, chunk.line, chunk.offset, rejected, chunk.finished,
-                                   JOB_TTL_MS)  # fmt: skip
+                                   JOB_TTL_MS, chunk.start)  # fmt: skip
         enqueued = skipped = 0
         self.committed = True  # from here on Redis may hold part of the chunk
         if chunk.records:
@@ -358,11 +364,18 @@ class _Run:
     def enqueue_waiting(self, chunk: _Chunk, progress: JobProgress | None) -> tuple[int, int]:
         attempt = 0
         noted = -FULL_NOTE_EVERY_S
+        with_lines = False
         while True:
             try:
                 result = self.producer.enqueue_chunk(chunk.records, fingerprints=chunk.fingerprints,
                                                      fingerprint_ttl_ms=self.ttl_ms, progress=progress,
-                                                     lines=chunk.lines)  # fmt: skip
+                                                     lines=chunk.lines if with_lines else None)  # fmt: skip
+            except ImportAhead:
+                # An earlier run enqueued some of these lines before it stopped (nothing of this call
+                # was written; on a Redis Cluster, another shard's part may have been, and the lines
+                # leave it out as well)
+                with_lines = True
+                continue
             except QueueFull as full:
                 now = self.importer._clock()
                 if now - noted >= FULL_NOTE_EVERY_S:

@@ -15,19 +15,25 @@
 --       9 how many shard totals follow the groups' KEYS (0: the cap is each shard's, as on a Redis
 --       Cluster, where one call sees one slot), 10 1 to wake the drains of the shards written (due
 --       now plus the workers' linger, never postponing one due earlier: wake.lua's LT), else 0;
---       then per group: its shard id, n, then per record: its line (with a job), its fingerprint
---       (with fingerprints; '': none) and the entry's tail (producers/contract/entry.py).  Arguments
---       no call uses are not sent: each costs the producer and Redis as much as a short record.
+--       11 with a job, '' when each record's line follows, else the line the chunk starts after;
+--       then per group: its shard id, n, then per record: its line (with a job, when ARGV 11 is
+--       ''), its fingerprint (with fingerprints; '': none) and the entry's tail
+--       (producers/contract/entry.py).  Arguments no call uses are not sent: each costs the
+--       producer and Redis as much as a short record.
 -- Reply {1, appended, skipped as unchanged, left out as already enqueued} when written;
 --       {0, shard, queued in it} when a shard's cap refuses the call, {0, -1, queued in all} when the
 --       whole queue's does (nothing written, in any group).
 -- Errors QUEUE_MISMATCH shards= layout= (a shard was written with another layout); IMPORT_TAKEN
---       (another run of the import job has taken the shard over).
+--       (another run of the import job has taken the shard over); IMPORT_AHEAD shard= line= (the
+--       records' lines were not sent, and a shard has a line past the chunk's start: only the
+--       records' own lines can tell which of them it has).
 --
 -- Each appended entry gets its head here, `2|<seq>|<Redis ms>|`: the shard's next sequence number
 -- and Redis's clock, so a shard's entries are numbered in the order Redis accepted them.  With a
 -- job, a record whose line the shard already has (an earlier run enqueued it before it stopped) is
--- left out, so a resumed import enqueues each line exactly once.  With fingerprints, a record equal
+-- left out, so a resumed import enqueues each line exactly once; its lines are sent only when a
+-- shard may have some (after an interruption), as they cost about a sixth of an import's Redis
+-- time.  With fingerprints, a record equal
 -- to what was last enqueued for its user is left out; a user can appear twice in one call, so the
 -- decision follows the call's own writes.
 
@@ -35,9 +41,11 @@ local layout, cap, groups = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fp_ttl, run, job_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local job = run ~= ''
 local whole, wake = tonumber(ARGV[9]), ARGV[10] == '1'
+local lines = job and ARGV[11] == ''
+local start = tonumber(ARGV[11])
 
 -- pass 1: check every group and decide what it appends; nothing is written unless all may go
-local plans, k, a = {}, 1, 11
+local plans, k, a = {}, 1, 12
 for g = 1, groups do
   local plan = {layout = KEYS[k], queue = KEYS[k + 1], seq = KEYS[k + 2], total = KEYS[k + 3],
                 minutes = KEYS[k + 4], shard = ARGV[a], n = tonumber(ARGV[a + 1]), kept = {}, fps = {}}
@@ -56,6 +64,7 @@ for g = 1, groups do
     local progress = redis.call('HMGET', plan.progress, 'run', 'line')
     if progress[1] and progress[1] ~= run then return iq.fail('IMPORT_TAKEN') end
     from_line = tonumber(progress[2] or '-1')
+    if not lines and from_line > start then return iq.fail('IMPORT_AHEAD', 'shard', plan.shard, 'line', from_line) end
     plan.from_line = from_line
   end
   local current = {}
@@ -76,7 +85,7 @@ for g = 1, groups do
   end
   for i = 1, plan.n do
     local keep, fingerprint = true, ''
-    if job then
+    if lines then
       keep = tonumber(ARGV[a]) > from_line
       a = a + 1
     end

@@ -315,6 +315,30 @@ def test_resume_in_process_after_an_interruption_enqueues_the_rest_once(tmp_path
     assert len(queued()) == 2500
 
 
+@pytest.mark.parametrize("chunk_size", [300, 1000])
+def test_a_resume_behind_what_the_shards_have_enqueues_every_line_once(
+    tmp_path: Path, queue_config: QueueConfig, queued: Any, redis_client: redis.Redis, run: Run, chunk_size: int
+) -> None:  # fmt: skip
+    # Given a job whose chunks up to line 2,000 reached the shards while its hash recorded only
+    # line 1,000: what a run stopped between a chunk's enqueue and the job's advance leaves (each
+    # shard's lines go in with its records, the job's after them)
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(jsonl(2500))
+    with IdentifyProducer(queue_config) as producer, pytest.raises(KeyboardInterrupt):
+        Importer(producer, ImportOptions(job="nightly", chunk_size=500), display=_StopAfter(2000)).run(str(path))
+    job = Keys(queue_config.namespace).import_job("nightly")
+    assert redis_client.hget(job, "line") == b"2000"
+    redis_client.hset(job, mapping={"line": 1000, "offset": len(jsonl(1000)), "enqueued": 1000})
+    # When it is resumed, with chunks that start before the shards' line (sent first without the
+    # records' lines, refused as IMPORT_AHEAD, then with them) and after it
+    result = run(str(path), "--job", "nightly", "--resume", "--chunk-size", str(chunk_size))
+    # Then lines 1,001 to 2,000 are left out where they already are, and every line is queued once
+    assert result.exit_code == 0, result.output
+    assert "resumed after line 1,000, 1,500 lines this run" in result.stdout
+    assert sorted(r["user_properties"]["$set"]["seq"] for r in queued()) == list(range(2500))
+    assert redis_client.hget(job, "enqueued") == b"2500"
+
+
 def test_the_python_api_alone(tmp_path: Path, queue_config: QueueConfig, queued: Any) -> None:
     path = tmp_path / "users.csv"
     path.write_text("id,Plan\nuser-00001,pro\nbad,pro\n")

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from producers.contract import entry
-from producers.contract.errors import ImportTaken, QueueFull, QueueMismatch
+from producers.contract.errors import ImportAhead, ImportTaken, QueueFull, QueueMismatch
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
@@ -30,7 +30,7 @@ def valid(producer: IdentifyProducer, user: str, n: int = 0) -> ValidRecord:
 def one_record_call(keys: Keys, shards: int, cap: int = 1000, shard: int = 0) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of an enqueue of one record into ``shard``, with no fingerprints and no job."""
     k = keys.shard(shard)
-    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0, 0, 0,
+    args: list[Any] = [f"{shards}|{LAYOUT_VERSION}", cap, 1, 0, "", 0, 0, 0, 0, 0, "",
                        shard, 1, entry.tail("u:user-1", b"{}")]  # fmt: skip
     return [k.layout, k.queue, k.seq, k.total, k.minutes], args
 
@@ -201,7 +201,7 @@ def test_the_script_wakes_only_the_shards_it_wrote_never_postponing_a_wake_up(
     redis_client.delete(keys.wakeups, keys.kick)
     script_keys, args = one_record_call(keys, 2, shard=1)
     args[3], args[9] = 60_000, 1  # fingerprints, wake
-    args.insert(12, "fp")  # the record's fingerprint (the one its user has), before its tail
+    args.insert(13, "fp")  # the record's fingerprint (the one its user has), before its tail
     fingerprint = keys.shard(1).fingerprint("u:user-1")
     redis_client.set(fingerprint, "fp")
     script_keys += [fingerprint, keys.meta, keys.wakeups, keys.kick]
@@ -362,6 +362,36 @@ def test_a_resumed_import_leaves_out_the_lines_a_shard_already_has(
                                                  "enqueued": str((shard_line or 0) + len(appended))}  # fmt: skip
 
 
+@pytest.mark.shards(1)
+@pytest.mark.parametrize("shard_line", [None, 0, 3, 4, 5, 9])
+def test_without_the_records_lines_a_shard_past_the_chunk_s_start_refuses_it(
+    producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys, namespace: str, shard_line: int | None
+) -> None:  # fmt: skip
+    # Given a shard that has the job's lines up to shard_line (None: none), and a chunk of lines 5..8
+    # sent without each record's line (JobProgress.start: it starts after line 4)
+    k = keys.shard(0)
+    progress = k.import_progress("nightly")
+    redis_client.hset(progress, "run", "r2")
+    if shard_line is not None:
+        redis_client.hset(progress, mapping={"line": shard_line, "offset": 10 * shard_line, "enqueued": shard_line})
+    before = snapshot(redis_client, namespace)
+    chunk = [valid(producer, f"user-{n}") for n in range(5, 9)]
+    sent = JobProgress("nightly", "r2", line=8, offset=80, start=4)
+    if shard_line is not None and shard_line > 4:
+        # Then a shard that may have some of them refuses the whole call, and nothing is written
+        with pytest.raises(ImportAhead):
+            producer.enqueue_chunk(chunk, progress=sent)
+        assert snapshot(redis_client, namespace) == before
+        # while the same chunk with its lines leaves out what the shard has
+        result = producer.enqueue_chunk(chunk, progress=sent, lines=[5, 6, 7, 8])
+        assert result == ChunkResult(8 - shard_line if shard_line < 8 else 0, 0, min(shard_line, 8) - 4)
+        return
+    # Then a shard that has none of them appends them all and records the chunk's end
+    assert producer.enqueue_chunk(chunk, progress=sent) == ChunkResult(4, 0, 0)
+    assert [entry.decode(r).user_key for r in listed(redis_client, k.queue)] == [f"u:user-{n}" for n in range(5, 9)]
+    assert text_hash(redis_client, progress)["line"] == "8"
+
+
 @pytest.mark.shards(2)
 def test_a_shard_taken_over_by_another_run_refuses_the_call_and_nothing_is_written(
     producer: IdentifyProducer, redis_client: redis.Redis, keys: Keys
@@ -403,7 +433,7 @@ def test_the_script_takes_a_chunk_of_the_run_that_holds_the_shard_or_of_a_shard_
     script_keys, args = one_record_call(keys, 8)
     script_keys.insert(5, progress)  # after the shard's five keys, before any fingerprint
     args[4:8] = ["r1", 50_000, 1, 12]  # run, job TTL, the line and offset the chunk ends at
-    args.insert(12, 1)  # the record's line, before its tail
+    args.insert(13, 1)  # the record's line, before its tail
     before = snapshot(redis_client, namespace)
     enqueue = Script(redis_client, "producers", "enqueue")
     if not taken:
