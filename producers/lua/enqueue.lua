@@ -83,6 +83,8 @@ for g = 1, groups do
     end
     plan.fp_keys = fp_keys
   end
+  -- counted here: Lua 5.1's # searches the table, a tenth of an append's time in a chunk's loop
+  local kept, n_kept = plan.kept, 0
   for i = 1, plan.n do
     local keep, fingerprint = true, ''
     if lines then
@@ -107,7 +109,10 @@ for g = 1, groups do
         plan.fps[key] = fingerprint
       end
     end
-    if keep then plan.kept[#plan.kept + 1] = tail end
+    if keep then
+      n_kept = n_kept + 1
+      kept[n_kept] = tail
+    end
   end
   if fp_ttl > 0 then k = k + plan.n end
   if whole == 0 then
@@ -143,21 +148,21 @@ local stamp = '|' .. now .. '|'
 local digits = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
 local appended, skipped, already = 0, 0, 0
 for _, plan in ipairs(plans) do
-  local n = #plan.kept
+  local kept, n = plan.kept, #plan.kept
   if n > 0 then
     local seq = redis.call('INCRBY', plan.seq, n) - n
     local tens
     local i = 1
     while i <= n do
       local j = math.min(i + 999, n)
-      local slice = {}
+      local slice, at = {}, 1 - i
       for x = i, j do
         seq = seq + 1
         local last = seq % 10
         if last == 0 or not tens then
           tens = seq >= 10 and tostring((seq - last) / 10) or ''
         end
-        slice[#slice + 1] = '2|' .. tens .. digits[last] .. stamp .. plan.kept[x]
+        slice[at + x] = '2|' .. tens .. digits[last] .. stamp .. kept[x]
       end
       redis.call('RPUSH', plan.queue, unpack(slice))
       i = j + 1
