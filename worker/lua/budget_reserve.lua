@@ -23,7 +23,7 @@ local current_key = KEYS[#KEYS]
 
 -- Redis writes a Lua number out with a printf (a sixth of this script's time for a claim of new
 -- users): the counts, small integers and most of them 1, go to Redis as text, each formatted once.
-local texts = {}
+local texts, numbers = {}, {}
 local function text(v)
   local t = texts[v]
   if not t then
@@ -37,20 +37,37 @@ end
 -- it: a bound, since a refund lowers a count and never the mark).
 -- ``allowed``: per user, what may go; nil: all that each wants.
 local function count(column, allowed_by_user)
-  local updates, high = {}, tonumber(redis.call('HGET', current_key, '#max') or '0')
+  -- m counts the pairs: Lua 5.1's # searches the table, and this loop runs for every user
+  local updates, m, high = {}, 0, tonumber(redis.call('HGET', current_key, '#max') or '0')
+  local argv = ARGV
   for u = 1, n do
     local allowed = allowed_by_user and allowed_by_user[u] or (wanted[u] or 1)
     if allowed > 0 then
-      local value = tonumber(column[u] or 0) + allowed
+      -- a count read back as text, converted once per distinct text (a strtod each time otherwise)
+      local had, value = column[u], allowed
+      if had then
+        local v = numbers[had]
+        if not v then
+          v = tonumber(had)
+          numbers[had] = v
+        end
+        value = v + allowed
+      end
       if value > high then high = value end
-      updates[#updates + 1] = ARGV[3 + u]
-      updates[#updates + 1] = text(value)
+      local t = texts[value]  -- text(value), inline in the loop over every user
+      if not t then
+        t = tostring(value)
+        texts[value] = t
+      end
+      updates[m + 1] = argv[3 + u]
+      updates[m + 2] = t
+      m = m + 2
     end
   end
-  if #updates > 0 then
-    updates[#updates + 1] = '#max'
-    updates[#updates + 1] = text(high)
-    redis.call('HSET', current_key, unpack(updates))
+  if m > 0 then
+    updates[m + 1] = '#max'
+    updates[m + 2] = text(high)
+    redis.call('HSET', current_key, unpack(updates, 1, m + 2))
     redis.call('PEXPIRE', current_key, ttl)
   end
 end

@@ -71,7 +71,8 @@ if room > 0 and queued > 0 and bytes < max_bytes then
     n = i
   end
   redis.call('LTRIM', KEYS[2], n, -1)
-  for i = 1, n do out[#out + 1] = items[i] end
+  local at = #out  -- once: Lua 5.1's # searches the table, a tenth of a record's time here
+  for i = 1, n do out[at + i] = items[i] end
 end
 out[4] = redis.call('ZCARD', KEYS[5])  -- after the releases
 if #out > 4 then iq.push(KEYS[3], out, 5, #out) end
