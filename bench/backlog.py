@@ -4,11 +4,11 @@ One user has 100,000 updates deferred by the hourly budget (waiting, worker/drai
 100,000 updates of 20,000 other users are queued in the same shard.  The others are drained by
 the real Drainer (real scripts, a sink that accepts every request without HTTP, so that the
 figure is the queue's own cost), and compared with the same drain without the hot user's backlog.
-Redis's SLOWLOG (threshold 5 ms) must stay empty throughout.
+Redis's SLOWLOG must show no call of 5 ms or more throughout.
 
     .venv/bin/python -m bench.backlog          # medians of 3, table to bench/results/backlog.md
 
-tests/test_bounded_scripts.py runs the same scenario once and checks both targets.
+tests/drain/test_backlog.py runs the same scenario and checks both targets.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class Run:
     delivered: int
     slow_calls: list[tuple[int, str]]  # (microseconds, command)
     waiting: int
+    #: The longest command of the run (microseconds, command): on a slow day every call is slower,
+    #: so the test compares it with the runs without the backlog too.
+    slowest: tuple[int, str] = (0, "")
 
     @property
     def per_s(self) -> float:
@@ -80,7 +83,9 @@ def run(url: str, *, hot: int, others: int, users: int = 20_000, budget: int = 1
     drainer = Drainer(settings, store, AcceptingSink(), limiter=limiter,  # type: ignore[arg-type]
                       budget=BudgetStore(client, budget, 3600))  # fmt: skip
     producer = IdentifyProducer(config, client=client)
-    client.config_set("slowlog-log-slower-than", SLOW_US)
+    # every call is logged (a run makes a few hundred), so that the longest is known
+    client.config_set("slowlog-max-len", 100_000)
+    client.config_set("slowlog-log-slower-than", 0)
     client.slowlog_reset()
     try:
         producer.identify_many({"user_id": HOT_USER, "user_properties": {"$set": {"n": n}}} for n in range(hot))
@@ -99,12 +104,14 @@ def run(url: str, *, hot: int, others: int, users: int = 20_000, budget: int = 1
                 client.delete(key)
             client.zadd(keys.shard(0).parked, {f"u:{HOT_USER}": 0})
             drainer.drain(0)
-        slow = [(int(e["duration"]), _command(e)) for e in client.slowlog_get(128)]
+        calls = sorted(((int(e["duration"]), _command(e)) for e in client.slowlog_get(100_000)), reverse=True)
+        slow = [call for call in calls if call[0] >= SLOW_US]
         waiting = int(client.zcard(keys.shard(0).waiting))
         delivered = int(client.hget(keys.shard(0).stats, "delivered") or 0) - 2 * min(hot, budget)
-        return Run(seconds, delivered, slow, waiting)
+        return Run(seconds, delivered, slow, waiting, calls[0] if calls else (0, ""))
     finally:
         client.config_set("slowlog-log-slower-than", 10000)
+        client.config_set("slowlog-max-len", 128)
         for key in client.scan_iter(f"{config.namespace}:*", count=1000):
             client.delete(key)
         client.close()
@@ -118,13 +125,15 @@ def _command(entry: dict[str, Any]) -> str:
 
 def main() -> None:
     with LocalRedis() as server:
-        baseline, loaded, slow = [], [], []
+        baseline, loaded, slow, longest_alone, longest_beside = [], [], [], 0, 0
         for _ in range(3):
             base = run(server.url, hot=0, others=100_000)
             with_hot = run(server.url, hot=100_000, others=100_000)
             baseline.append(base.per_s)
             loaded.append(with_hot.per_s)
             slow += with_hot.slow_calls + base.slow_calls
+            longest_alone = max(longest_alone, base.slowest[0])
+            longest_beside = max(longest_beside, with_hot.slowest[0])
             assert with_hot.waiting == 100_000 - 20, with_hot.waiting
         ratio = statistics.median(loaded) / statistics.median(baseline)
         text = "\n".join([
@@ -137,6 +146,7 @@ def main() -> None:
             f"| beside one user's 100,000 updates deferred by the budget | {statistics.median(loaded):,.0f} |",
             f"| ratio (target: at least 0.80) | {ratio:.2f} |",
             f"| script calls over {SLOW_US // 1000} ms in SLOWLOG (target: none) | {len(slow)} |",
+            f"| longest call, alone / beside the backlog (us) | {longest_alone:,} / {longest_beside:,} |",
         ])  # fmt: skip
         publish(text, Path(__file__).resolve().parent / "results" / "backlog.md")
 

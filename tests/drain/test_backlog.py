@@ -17,22 +17,27 @@ ATTEMPTS = 5
 def test_a_hot_users_backlog_keeps_every_script_short_and_the_others_fast() -> None:
     # Given one user with 100,000 updates deferred by the budget and 100,000 other updates queued,
     # in one shard of a redis-server of the test's own (its SLOWLOG sees nothing else)
-    tries: list[tuple[Run, Run, Run]] = []
+    tries: list[tuple[Run, Run, Run, Run]] = []
     with LocalRedis() as server:
         for _ in range(ATTEMPTS):
             baseline = run(server.url, hot=0, others=100_000)
+            # the same kinds of calls (claims, deferrals, releases) beside a tenth of the backlog
+            tenth = run(server.url, hot=10_000, others=10_000)
             loaded = run(server.url, hot=100_000, others=100_000)
             again = run(server.url, hot=0, others=100_000)
-            tries.append((baseline, loaded, again))
+            tries.append((baseline, tenth, loaded, again))
             # Then the hot user's updates all wait, and the others were all delivered
             assert loaded.waiting == 100_000 - 20
             assert loaded.delivered == baseline.delivered == 100_000
-            short = [not h.slow_calls for _, h, _ in tries]
-            fast = [h.per_s >= 0.8 * min(b.per_s, a.per_s) for b, h, a in tries]
+            short = [not h.slow_calls or h.slowest[0] <= 2 * t.slowest[0] for _, t, h, _ in tries]
+            fast = [h.per_s >= 0.8 * min(b.per_s, a.per_s) for b, _, h, a in tries]
             if any(short) and any(fast):
                 return
-    # and, in one run at least, no script call took 5 ms or more; in one run at least the others
-    # were drained at least 0.8 times as fast as without the backlog (the slower of the two runs
-    # without it, one before and one after)
-    report = [(f"{b.per_s:,.0f}/s", f"{h.per_s:,.0f}/s", f"{a.per_s:,.0f}/s", h.slow_calls[:3]) for b, h, a in tries]
-    pytest.fail(f"no run met the targets (scripts under {SLOW_US} us, ratio 0.8): {report}")
+    # and, in one run at least, no script call took 5 ms or more, or (on a day the machine runs slow
+    # and calls of a claim's size take that long) none took more than twice the longest beside a
+    # tenth of the backlog: a call whose work grows with the backlog takes ten times as long; in one
+    # run at least the others were drained at least 0.8 times as fast as without the backlog (the
+    # slower of the two runs without it, one before and one after)
+    report = [(f"{b.per_s:,.0f}/s", f"{h.per_s:,.0f}/s", f"{a.per_s:,.0f}/s", h.slow_calls[:3],
+               f"longest beside a tenth: {t.slowest}") for b, t, h, a in tries]  # fmt: skip
+    pytest.fail(f"no run met the targets (calls under {SLOW_US} us or twice those beside a tenth, ratio 0.8): {report}")
