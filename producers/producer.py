@@ -169,7 +169,7 @@ class ProducerCore:
         whole = not self._cluster
         args += [self.config.shards, 1] if whole else [0, 0]
         with_lines = progress is not None and lines is not None
-        args.append(progress.start if progress is not None and lines is None else "")
+        args.append("" if with_lines or progress is None else progress.start)
         for shard, indices in part:
             k = self._shard_keys[shard]
             keys += [k.layout, k.queue, k.seq, k.total, k.minutes]

@@ -200,7 +200,8 @@ class _Chunk:
 
     records: list[ValidRecord]
     #: Each record's line: a shard leaves out the lines an earlier run of the job gave it.  Sent only
-    #: when a shard has a line past ``start`` (IMPORT_AHEAD): only after an interruption.
+    #: when a shard has a line past ``start`` (IMPORT_AHEAD): after an interruption, or on a Redis
+    #: Cluster when a part of the chunk was written before another shard refused it.
     lines: list[int]
     fingerprints: list[bytes] | None
     #: The chunk's rejected lines, in input order; told and written when the chunk commits, by the

@@ -31,11 +31,11 @@
 -- Each appended entry gets its head here, `2|<seq>|<Redis ms>|`: the shard's next sequence number
 -- and Redis's clock, so a shard's entries are numbered in the order Redis accepted them.  With a
 -- job, a record whose line the shard already has (an earlier run enqueued it before it stopped) is
--- left out, so a resumed import enqueues each line exactly once; its lines are sent only when a
--- shard may have some (after an interruption), as they cost about a sixth of an import's Redis
--- time.  With fingerprints, a record equal
--- to what was last enqueued for its user is left out; a user can appear twice in one call, so the
--- decision follows the call's own writes.
+-- left out, so a resumed import enqueues each line exactly once; the lines are sent only when a
+-- shard may have some (after an interruption, or a Redis Cluster part written before another
+-- shard's refusal), as they cost about a tenth of an import's Redis time.  With fingerprints, a
+-- record equal to what was last enqueued for its user is left out; a user can appear twice in one
+-- call, so the decision follows the call's own writes.
 
 local layout, cap, groups = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fp_ttl, run, job_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]

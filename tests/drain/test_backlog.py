@@ -13,6 +13,13 @@ from worker.devtools.local_redis import LocalRedis
 ATTEMPTS = 5
 
 
+def short(loaded: Run, tenth: Run) -> bool:
+    """No call beside the backlog took SLOW_US or more, unless the same script (or command) took at
+    least half as long beside a tenth of it: a call whose work grows with the backlog takes ten
+    times as long, whatever else in the run was slow."""
+    return all(us < SLOW_US or us <= 2 * tenth.longest.get(kind, 0) for kind, us in loaded.longest.items())
+
+
 @pytest.mark.timeout(300)
 def test_a_hot_users_backlog_keeps_every_script_short_and_the_others_fast() -> None:
     # Given one user with 100,000 updates deferred by the budget and 100,000 other updates queued,
@@ -29,15 +36,15 @@ def test_a_hot_users_backlog_keeps_every_script_short_and_the_others_fast() -> N
             # Then the hot user's updates all wait, and the others were all delivered
             assert loaded.waiting == 100_000 - 20
             assert loaded.delivered == baseline.delivered == 100_000
-            short = [not h.slow_calls or h.slowest[0] <= 2 * t.slowest[0] for _, t, h, _ in tries]
             fast = [h.per_s >= 0.8 * min(b.per_s, a.per_s) for b, _, h, a in tries]
-            if any(short) and any(fast):
+            if any(short(h, t) for _, t, h, _ in tries) and any(fast):
                 return
     # and, in one run at least, no script call took 5 ms or more, or (on a day the machine runs slow
-    # and calls of a claim's size take that long) none took more than twice the longest beside a
-    # tenth of the backlog: a call whose work grows with the backlog takes ten times as long; in one
-    # run at least the others were drained at least 0.8 times as fast as without the backlog (the
-    # slower of the two runs without it, one before and one after)
+    # and calls of a claim's size take that long) none took more than twice the same script's
+    # longest call beside a tenth of the backlog; in one run at least the others were drained at
+    # least 0.8 times as fast as without the backlog (the slower of the two runs without it, one
+    # before and one after)
     report = [(f"{b.per_s:,.0f}/s", f"{h.per_s:,.0f}/s", f"{a.per_s:,.0f}/s", h.slow_calls[:3],
-               f"longest beside a tenth: {t.slowest}") for b, t, h, a in tries]  # fmt: skip
-    pytest.fail(f"no run met the targets (calls under {SLOW_US} us or twice those beside a tenth, ratio 0.8): {report}")
+               f"beside a tenth: {t.longest}") for b, t, h, a in tries]  # fmt: skip
+    pytest.fail(f"no run met the targets (calls under {SLOW_US} us or twice the same script's beside a tenth, "
+                f"ratio 0.8): {report}")  # fmt: skip

@@ -6,6 +6,7 @@ tests/test_import_process.py.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import zlib
@@ -337,6 +338,68 @@ def test_a_resume_behind_what_the_shards_have_enqueues_every_line_once(
     assert "resumed after line 1,000, 1,500 lines this run" in result.stdout
     assert sorted(r["user_properties"]["$set"]["seq"] for r in queued()) == list(range(2500))
     assert redis_client.hget(job, "enqueued") == b"2500"
+
+
+def test_an_uninterrupted_import_never_sends_the_records_lines(
+    tmp_path: Path, queue_config: QueueConfig, queued: Any
+) -> None:  # fmt: skip
+    # Given a job's import that nothing interrupts
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(jsonl(2500))
+    with_lines: list[bool] = []
+    with IdentifyProducer(queue_config) as producer:
+        real = producer.enqueue_chunk
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            with_lines.append(kwargs.get("lines") is not None)
+            return real(*args, **kwargs)
+
+        producer.enqueue_chunk = spy  # type: ignore[method-assign]
+        Importer(producer, ImportOptions(job="nightly", chunk_size=300)).run(str(path))
+    # Then no chunk is refused as IMPORT_AHEAD, and none carries its records' lines
+    assert with_lines == [False] * 9
+    assert len(queued()) == 2500
+
+
+@pytest.mark.shards(2)
+@pytest.mark.timeout(30)  # without IMPORT_AHEAD, the retries rewrite a written part forever
+def test_on_a_cluster_a_chunk_partly_written_before_the_queue_filled_is_completed_once(
+    tmp_path: Path, queue_config: QueueConfig, redis_client: redis.Redis
+) -> None:  # fmt: skip
+    # Given a producer that calls each shard on its own, as on a Redis Cluster (one Redis here),
+    # with room for 300 records per shard, and workers that drain one shard per wait: each chunk
+    # of 500 (about 250 per shard) fills one shard while the other takes its part
+    config = dataclasses.replace(queue_config, max_queued=600)
+    keys = Keys(config.namespace)
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(jsonl(3000))
+    drained: list[bytes] = []
+    waits = 0
+
+    def drain(shard: int) -> None:
+        k = keys.shard(shard)
+        with redis_client.pipeline() as pipe:
+            pipe.lrange(k.queue, 0, -1).delete(k.queue)
+            items = pipe.execute()[0]
+        redis_client.decrby(k.total, len(items))
+        drained.extend(items)
+
+    def wait(_: float) -> None:
+        nonlocal waits
+        drain(waits % 2)
+        waits += 1
+
+    with IdentifyProducer(config) as producer:
+        producer._cluster = True
+        report = Importer(producer, ImportOptions(job="nightly", chunk_size=500), sleep=wait).run(str(path))
+    drain(0)
+    drain(1)
+    # Then every line is queued once (a part written before another shard refused is left out
+    # when the chunk goes again: IMPORT_AHEAD, then with the records' lines), and counted once
+    assert waits > 0
+    seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in drained)
+    assert seqs == list(range(3000))
+    assert report.enqueued == 3000
 
 
 def test_the_python_api_alone(tmp_path: Path, queue_config: QueueConfig, queued: Any) -> None:
