@@ -105,7 +105,9 @@ class BudgetStore:
             for i, n in several:
                 args += [i, n]
             reply = self._reserve(slot_keys, args, action="reserve the hourly budget")
-            granted = dict(zip(chunk, chunk_wants, strict=True))
+            # the usual case: one call, and every user may have all it wants
+            one = not reply and len(chunk) == len(users)
+            granted = wanted if one else dict(zip(chunk, chunk_wants, strict=True))
             width = SLOTS + 3
             for at in range(0, len(reply), width):
                 user = chunk[int(reply[at])]
@@ -113,7 +115,7 @@ class BudgetStore:
                 counts = [int(c) for c in reply[at + 2 : at + width]]
                 limited[user] = allowance(counts, wanted[user], self.limit, now_ms, self.slot_ms)
                 granted[user] = limited[user].allowed
-            if reserved.keys().isdisjoint(granted):
+            if not reserved or reserved.keys().isdisjoint(granted):
                 reserved.update(granted)  # the usual case, a claim's first reservation: in C
             else:
                 for user, n in granted.items():

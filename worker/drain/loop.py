@@ -71,15 +71,24 @@ class Work:
     #: Redis's clock at the claim: the budget counts everything of a claim in the same slot.
     claimed_ms: int = 0
     #: Budget reserved for this claim (slot key, per user), and what was sent and may have been
-    #: applied: the difference is refunded when the claim is done.
+    #: applied (one item: one identification of its user): the difference is refunded when the
+    #: claim is done.  The items are counted per user only when that is needed (``budget_left``).
     budget_slot: str = ""
     reserved: dict[str, int] = field(default_factory=dict)
-    applied: Counter[str] = field(default_factory=Counter)
+    applied: list[Item] = field(default_factory=list)
     #: A merged item was split back: a user may now have more identifications than reserved.
     rebudget: bool = False
 
     def budget_left(self) -> dict[str, int]:
-        return {u: n - self.applied.get(u, 0) for u, n in self.reserved.items()}
+        if not self.applied:
+            return dict(self.reserved)
+        applied = Counter([item.entries[0].user_key for item in self.applied])
+        return {u: n - applied.get(u, 0) for u, n in self.reserved.items()}
+
+    def all_reserved_applied(self) -> bool:
+        """Whether every reserved identification was sent.  Each one sent was reserved for its user
+        first (``Drainer._within_budget``), so equal totals mean equal counts for every user."""
+        return len(self.applied) == sum(self.reserved.values())
 
 
 class Drainer:
@@ -246,8 +255,8 @@ class Drainer:
     def _apply(self, shard: int, token: str, work: Work, r: Remedy, outcome: Outcome) -> Pause | None:
         """Do what a remedy says: count, lower the request size, settle, log, block or pause."""
         self._unnamed_run = r.unnamed_run
-        if self.budget is not None:  # what was applied is counted for the budget's refund only
-            work.applied.update([item.entries[0].user_key for item in r.applied])  # Counter: counted in C
+        if self.budget is not None:  # what was applied is kept for the budget's refund only
+            work.applied += r.applied
         work.pending = r.pending
         work.splits[0:0] = r.splits
         work.rebudget = work.rebudget or r.rebudget
@@ -324,7 +333,7 @@ class Drainer:
 
     def _refund(self, work: Work) -> None:
         """Give back the budget reserved for what was not sent, or surely not applied."""
-        if self.budget is None or not work.reserved or not work.budget_slot or work.reserved == work.applied:
+        if self.budget is None or not work.reserved or not work.budget_slot or work.all_reserved_applied():
             return  # the last test is the usual end of a claim: everything reserved was sent
         unused = {u: n for u, n in work.budget_left().items() if n > 0}
         if unused:
