@@ -15,7 +15,7 @@ import redis
 
 from producers.contract import entry
 from producers.contract.errors import ImportAhead, ImportTaken, QueueFull, QueueMismatch
-from producers.contract.keys import Keys
+from producers.contract.keys import Keys, ShardKeys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
 from producers.producer import LAYOUT_VERSION, ChunkResult, IdentifyProducer, JobProgress
@@ -324,6 +324,16 @@ def test_each_shard_records_the_job_s_progress_with_its_records(
     assert redis_client.exists(keys.import_job("nightly")) == 0
 
 
+def shard_progress(client: redis.Redis, k: ShardKeys, line: int | None) -> str:
+    """The key of job nightly's progress in shard ``k``, taken by run r2, with its lines up to
+    ``line`` there (None: none yet)."""
+    progress = k.import_progress("nightly")
+    client.hset(progress, "run", "r2")
+    if line is not None:
+        client.hset(progress, mapping={"line": line, "offset": 10 * line, "enqueued": line})
+    return progress
+
+
 @pytest.mark.shards(1)
 @pytest.mark.parametrize(
     ("shard_line", "appended", "already"),
@@ -339,10 +349,7 @@ def test_a_resumed_import_leaves_out_the_lines_a_shard_already_has(
     shard_line: int | None, appended: list[int], already: int,
 ) -> None:  # fmt: skip
     k = keys.shard(0)
-    progress = k.import_progress("nightly")
-    redis_client.hset(progress, "run", "r2")
-    if shard_line is not None:
-        redis_client.hset(progress, mapping={"line": shard_line, "offset": 10 * shard_line, "enqueued": shard_line})
+    progress = shard_progress(redis_client, k, shard_line)
     # a chunk of lines 1..4, each its own user, with fingerprints that would all be stored
     users = [f"user-{n}" for n in range(1, 5)]
     result = producer.enqueue_chunk(
@@ -370,10 +377,7 @@ def test_without_the_records_lines_a_shard_past_the_chunk_s_start_refuses_it(
     # Given a shard that has the job's lines up to shard_line (None: none), and a chunk of lines 5..8
     # sent without each record's line (JobProgress.start: it starts after line 4)
     k = keys.shard(0)
-    progress = k.import_progress("nightly")
-    redis_client.hset(progress, "run", "r2")
-    if shard_line is not None:
-        redis_client.hset(progress, mapping={"line": shard_line, "offset": 10 * shard_line, "enqueued": shard_line})
+    progress = shard_progress(redis_client, k, shard_line)
     before = snapshot(redis_client, namespace)
     chunk = [valid(producer, f"user-{n}") for n in range(5, 9)]
     sent = JobProgress("nightly", "r2", line=8, offset=80, start=4)
