@@ -168,8 +168,9 @@ class ProducerCore:
         # keeps the wake-ups in another slot: _wake_done wakes them after)
         whole = not self._cluster
         args += [self.config.shards, 1] if whole else [0, 0]
-        with_lines = progress is not None and lines is not None
-        args.append("" if with_lines or progress is None else progress.start)
+        # a job's lines, when sent: without them, the chunk's start stands for them (IMPORT_AHEAD)
+        record_lines = lines if progress is not None else None
+        args.append("" if record_lines is not None or progress is None else progress.start)
         for shard, indices in part:
             k = self._shard_keys[shard]
             keys += [k.layout, k.queue, k.seq, k.total, k.minutes]
@@ -178,12 +179,12 @@ class ProducerCore:
             if fingerprints is not None:
                 keys += [k.fingerprint(records[i].user_key) for i in indices]
             args += [shard, len(indices)]
-            if not with_lines and fingerprints is None:
+            if record_lines is None and fingerprints is None:
                 args += [entry.tail(records[i].user_key, records[i].data) for i in indices]
                 continue
             for i in indices:
-                if with_lines:
-                    args.append(lines[i])  # type: ignore[index]
+                if record_lines is not None:
+                    args.append(record_lines[i])
                 if fingerprints is not None:
                     args.append(fingerprints[i])
                 args.append(entry.tail(records[i].user_key, records[i].data))
