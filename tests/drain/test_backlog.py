@@ -11,13 +11,18 @@ from worker.devtools.local_redis import LocalRedis
 #: drain.  The scenario runs again, up to this many times, until a run has met each target; a
 #: design whose scripts grow with the backlog misses them every time (the first version: 100 ms).
 ATTEMPTS = 5
+#: How much longer a call may take beside the backlog than the same script beside a tenth of it.
+#: A call whose work grows with the backlog takes ten times as long (a claim releasing every
+#: waiting update at once: 225 ms against 20); one bounded by a claim's size still grows with the
+#: logarithm of the sorted set it adds to and with a bigger set's cache misses: up to 2.5x here,
+#: on a day this machine ran slow.
+GROWTH = 4
 
 
 def short(loaded: Run, tenth: Run) -> bool:
     """No call beside the backlog took SLOW_US or more, unless the same script (or command) took at
-    least half as long beside a tenth of it: a call whose work grows with the backlog takes ten
-    times as long, whatever else in the run was slow."""
-    return all(us < SLOW_US or us <= 2 * tenth.longest.get(kind, 0) for kind, us in loaded.longest.items())
+    least 1/GROWTH as long beside a tenth of it, whatever else in the run was slow."""
+    return all(us < SLOW_US or us <= GROWTH * tenth.longest.get(kind, 0) for kind, us in loaded.longest.items())
 
 
 @pytest.mark.timeout(300)
@@ -40,11 +45,11 @@ def test_a_hot_users_backlog_keeps_every_script_short_and_the_others_fast() -> N
             if any(short(h, t) for _, t, h, _ in tries) and any(fast):
                 return
     # and, in one run at least, no script call took 5 ms or more, or (on a day the machine runs slow
-    # and calls of a claim's size take that long) none took more than twice the same script's
-    # longest call beside a tenth of the backlog; in one run at least the others were drained at
+    # and calls of a claim's size take that long) none took more than GROWTH times the same
+    # script's longest call beside a tenth of the backlog; in one run at least the others were drained at
     # least 0.8 times as fast as without the backlog (the slower of the two runs without it, one
     # before and one after)
     report = [(f"{b.per_s:,.0f}/s", f"{h.per_s:,.0f}/s", f"{a.per_s:,.0f}/s", h.slow_calls[:3],
                f"beside a tenth: {t.longest}") for b, t, h, a in tries]  # fmt: skip
-    pytest.fail(f"no run met the targets (calls under {SLOW_US} us or twice the same script's beside a tenth, "
+    pytest.fail(f"no run met the targets (calls under {SLOW_US} us or {GROWTH}x the same script's beside a tenth, "
                 f"ratio 0.8): {report}")  # fmt: skip
