@@ -169,7 +169,7 @@ def connect(url: str | RedisTarget, **options: Any) -> redis.Redis:
     # cluster client starts from all of them (a dead one among them does not stop a start).
     for host, port in target.hosts:
         client = redis.Redis(host=host, port=port, db=target.db, **options)
-        enabled = _is_cluster_node(client, (host, port), target.db)
+        enabled = _is_cluster_node(client, target.db)
         if enabled is not None:
             break
         client.close()
@@ -190,18 +190,16 @@ def connect(url: str | RedisTarget, **options: Any) -> redis.Redis:
     return cluster
 
 
-_CLUSTER_NODES: dict[tuple[str, int], bool] = {}
+def _is_cluster_node(client: redis.Redis, db: int) -> bool | None:
+    """Whether the server at an address of REDIS_URL is a Redis Cluster node, or None when it
+    cannot be reached.
 
-
-def _is_cluster_node(client: redis.Redis, address: tuple[str, int], db: int) -> bool | None:
-    """Whether the server at an address of REDIS_URL is a Redis Cluster node (asked once per
-    address), or None when it cannot be reached.
-
-    INFO is the cheap question; a user without it (managed Redis) is asked CLUSTER INFO, which a
-    server without cluster support refuses.
+    Asked for every client made (each process makes a few, when it starts): an answer kept per
+    address outlived the server that gave it, and a cluster node later started on a port a plain
+    Redis had used got a plain client (a test run met it).  INFO is the cheap question; a user
+    without it (managed Redis) is asked CLUSTER INFO, which a server without cluster support
+    refuses.
     """
-    if address in _CLUSTER_NODES:
-        return _CLUSTER_NODES[address]
     try:
         enabled = bool(client.info("cluster").get("cluster_enabled", 0))
     except NoPermissionError:
@@ -214,7 +212,6 @@ def _is_cluster_node(client: redis.Redis, address: tuple[str, int], db: int) -> 
         return None
     if enabled and db:
         raise ConfigError(f"REDIS_URL names database {db}, but a Redis Cluster has database 0 only")
-    _CLUSTER_NODES[address] = enabled
     return enabled
 
 
