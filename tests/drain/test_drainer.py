@@ -28,6 +28,7 @@ from tests.support import (
     scored,
     seq_records,
     text_hash,
+    wait_until,
 )
 from worker.drain import waiting
 from worker.drain.budget import BudgetStore
@@ -351,6 +352,38 @@ def test_updates_past_a_user_s_budget_wait_in_order_and_the_others_go(
     # a drain meanwhile sends nothing of a
     drainer(redis_client, queue_config, sink, user_updates_per_hour=2).drain(SHARD)
     assert len(sink.requests) == 1
+
+
+def test_a_claim_answered_in_a_later_budget_slot_counts_what_it_sent_in_that_slot(
+    producer: IdentifyProducer, redis_client: redis.Redis, queue_config: QueueConfig, keys: Keys
+) -> None:
+    """Amplitude counts a request when it arrives: counted in the slot it was reserved in, a send
+    that arrived a slot later would stop counting less than a window after it arrived."""
+    window_s, slot_ms = 0.6, 100
+    records = seq_records(3, 2)  # a0 b0 c0 a1 b1 c1
+    a = records[0]["user_id"]
+    producer.identify_many(records)
+    before = redis_ms(redis_client) // slot_ms
+
+    def late(_: list[dict[str, Any]]) -> HttpResult:
+        # the answer comes two slots after the drain began, a hold of a in it
+        wait_until(lambda: redis_ms(redis_client) // slot_ms >= before + 2, 10, "two budget slots")
+        return answer(429, {"code": 429, "error": "Too many requests", "throttled_users": {a: 12}})
+
+    sink = ScriptedSink(late)
+    drainer(redis_client, queue_config, sink, budget_window_s=window_s).drain(SHARD)
+    after = redis_ms(redis_client) // slot_ms
+    # Then what was sent (b's and c's, the second request) is counted once, in a slot the claim
+    # ended in; a's reservation was given back, and nothing is left where the claim reserved
+    assert len(sink.requests) == 2
+    k = keys.shard(SHARD)
+    slots = {int(key.rsplit(b":", 1)[1]): text_hash(redis_client, key.decode())
+             for key in redis_client.scan_iter(k.budget(0)[:-1] + "*")}  # fmt: skip
+    [(slot, counted)] = slots.items()
+    assert before + 2 <= slot <= after
+    b, c = records[1]["user_id"], records[2]["user_id"]
+    assert counted == {f"u:{b}": "2", f"u:{c}": "2", "#max": "2"}
+    assert 0 < redis_client.pttl(k.budget(slot)) <= 8 * slot_ms
 
 
 # -- merging --------------------------------------------------------------------------------------

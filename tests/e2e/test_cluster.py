@@ -134,11 +134,10 @@ def test_the_whole_job_with_holds_budget_rate_limit_failures_and_replay(
     shown = orjson.loads(cli(queue_config, amplitude, "status", "--json").stdout)
     assert shown["dead_letter_by_reason"] == {"invalid": per_user}
     assert shown["delivered"] == (users - 1) * per_user and shown["queued"] == 0
-    # the budget held for every user (counted when a claim reserves it, by Redis's clock: a send
-    # retried after a 5xx arrives up to a backoff later, 0.3 s here, so the window checked at the
-    # server is shortened by that much and the request's own time), and the rate limit held
+    # the budget held for every user by the time its updates arrived (a claim answered in a later
+    # slot than it reserved in counts what it sent there), and the rate limit held
     for user, times in _arrival_times(amplitude).items():
-        assert _busiest(times, window - 0.4) <= limit, user
+        assert _busiest(times, window) <= limit, user
     requests_at = sorted(t for t, _, _, _ in amplitude.requests_log())
     assert _busiest(requests_at, 1.0) <= rps
     assert amplitude.stats()["statuses"].get("429", 0) > 0

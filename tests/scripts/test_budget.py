@@ -1,5 +1,6 @@
-"""The hourly budget's scripts (worker/lua/budget_reserve.lua, budget_refund.lua) against a real
-redis-server: what each user may be sent now, counted in the current ten-minute slot."""
+"""The hourly budget's scripts (worker/lua/budget_reserve.lua, budget_refund.lua, budget_move.lua)
+against a real redis-server: what each user may be sent now, counted in the current ten-minute slot,
+given back when not sent, and moved to the slot a claim ended in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import redis
 
 from producers.contract.keys import Keys, ShardKeys
 from producers.contract.scripts import Script
-from tests.support import pttl, text_hash
+from tests.support import pttl, redis_ms, text_hash
 from worker.drain.budget import SLOTS, Allowance, BudgetStore
 
 LIMIT = 3
@@ -98,6 +99,50 @@ def test_a_refund_gives_back_what_was_not_sent_and_drops_emptied_users(
     # more than was counted (the slot expired meanwhile and was written again) leaves nothing below 0
     Script(redis_client, "worker", "budget_refund")([slot], ["u:a", 5])
     assert counts(redis_client, k, CURRENT) == {"u:c": "1"}
+
+
+def test_a_claim_that_ended_in_its_own_slot_is_closed_like_a_refund(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    # Given a reserved 3 and b 1 in the current slot; a sent 2, b nothing
+    budget.reserve(k, {"u:a": 3, "u:b": 1}, NOW, {})
+    # When the worker's bounds on Redis's clock name the reserved slot only
+    budget.move(k, k.budget(CURRENT), (NOW, NOW + 1), {"u:a": 3, "u:b": 1}, {"u:a": 2})
+    # Then what was sent stays counted there, the rest is given back, and the mark stays a bound
+    assert (counts(redis_client, k, CURRENT), mark(redis_client, k, CURRENT)) == ({"u:a": "2"}, 3)
+    assert redis_client.keys(k.budget(0)[:-1] + "*") == [k.budget(CURRENT).encode()]
+
+
+def test_a_claim_that_ended_in_a_later_slot_counts_what_it_sent_there(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    # Given a reserved 3 and b 1 in the current slot, and a later slot that counts a 1 and c 5
+    budget.reserve(k, {"u:a": 3, "u:b": 1}, NOW, {})
+    later = CURRENT + 2
+    redis_client.hset(k.budget(later), mapping={"u:a": 1, "u:c": 5, "#max": 5})
+    # When the claim ends after that slot began (Redis's clock is far later: clamped to the bound)
+    budget.move(k, k.budget(CURRENT), (NOW, later * SLOT_MS), {"u:a": 3, "u:b": 1}, {"u:a": 2})
+    # Then what a was sent is counted in the later slot, b's reservation is given back, and the
+    # slot reserved in, left with its mark only, is gone
+    assert counts(redis_client, k, later) == {"u:a": "3", "u:c": "5"}
+    assert mark(redis_client, k, later) == 5
+    assert not redis_client.exists(k.budget(CURRENT))
+    assert budget.ttl_ms - 1000 < pttl(redis_client, k.budget(later)) <= budget.ttl_ms
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_what_was_sent_moves_to_the_slot_redis_s_clock_is_in_within_the_worker_s_bounds(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys, ahead: bool
+) -> None:
+    # Given bounds on Redis's clock that hold it (the slot now, or the next as it turns), or that
+    # begin two slots ahead of it (a bound is a bound: the earliest is the slot counted in)
+    first = redis_ms(redis_client) // SLOT_MS + (2 if ahead else 0)
+    budget.reserve(k, {"u:a": 2}, NOW, {})
+    budget.move(k, k.budget(CURRENT), (first * SLOT_MS, (first + 3) * SLOT_MS), {"u:a": 2}, {"u:a": 2})
+    [key] = redis_client.keys(k.budget(0)[:-1] + "*")
+    slot = int(key.rsplit(b":", 1)[1])
+    assert slot == first if ahead else first <= slot <= first + 1
+    assert (counts(redis_client, k, slot), mark(redis_client, k, slot)) == ({"u:a": "2"}, 2)
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,7 @@ def budget(env: Env) -> None:
     now = int(env.client.time()[0]) * 1000
     reservation = store.reserve(env.keys.shard(2), {"u:a": 2, "u:b": 5}, now, {})
     store.refund(reservation.slot_key, {"u:a": 1})
+    store.move(env.keys.shard(2), reservation.slot_key, (now, now + 3_600_000), {"u:a": 1, "u:b": 3}, {"u:b": 2})
 
 
 def rate_limit(env: Env) -> None:
@@ -213,7 +214,7 @@ DRIVERS: dict[str, Callable[[Env], None]] = {
     "lease_acquire": drain, "lease_renew": drain, "drain_begin": drain, "claim": drain, "waiting_oldest": drain,
     "settle": drain, "request_size": drain, "lease_release": drain, "lease_lost": drain,
     "block": blocking, "probe_now": blocking, "unblock": blocking,
-    "budget_reserve": budget, "budget_refund": budget,
+    "budget_reserve": budget, "budget_refund": budget, "budget_move": budget,
     "rate_limit": rate_limit,
     "dispatch_pop_due": dispatch, "dispatch_mark": dispatch, "dispatch_sweep": dispatch,
     "dlq_replay": dead_letters, "dlq_purge": dead_letters,

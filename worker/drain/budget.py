@@ -11,6 +11,12 @@ in any rolling hour, exactly, at the price of looking ten minutes further back t
 needed.  ``allowance`` is the decision, a pure function; ``BudgetStore.reserve`` reads the counts
 and counts what may go, in one Lua call per claim; what is then not sent is refunded.
 
+Amplitude counts a request when it arrives, and a claim's requests can arrive later than its
+reservation (turns under the rate limit, a slow answer).  So a claim that ends in a later slot than
+it reserved in moves what it sent there (``move``): a user's count then stops counting a window
+after the last of its requests arrived, never earlier.  With ten-minute slots that is a claim in
+thousands; the usual claim closes with nothing to do.
+
 Memory: one hash field per user per slot in which the user was sent something (bench/memory.py
 measures it; see docs/performance.md).
 """
@@ -72,6 +78,7 @@ class BudgetStore:
     def __init__(self, client: redis.Redis, limit: int, window_s: float) -> None:
         self._reserve = Script(client, "worker", "budget_reserve")  # worker/lua/budget_reserve.lua
         self._refund = Script(client, "worker", "budget_refund")
+        self._move = Script(client, "worker", "budget_move")
         self.limit = limit
         self.slot_ms = max(1, int(window_s * 1000 / SLOTS))
 
@@ -129,3 +136,16 @@ class BudgetStore:
                 args += [user, count]
         if args:
             self._refund([slot_key], args, action="refund the hourly budget")
+
+    def move(
+        self, keys: ShardKeys, slot_key: str, within_ms: tuple[int, int], reserved: dict[str, int], sent: dict[str, int]
+    ) -> None:
+        """Close a reservation counted in ``slot_key`` when the claim may have ended in a later slot:
+        give back what was not sent, and count what was sent (per user) in the slot Redis's clock
+        is in now, which ``within_ms`` bounds (the worker cannot know it better: see clock.py)."""
+        first, last = (ms // self.slot_ms for ms in within_ms)
+        args: list[str | int] = [self.slot_ms, first, self.ttl_ms]
+        for user, count in reserved.items():
+            args += [user, count, sent.get(user, 0)]
+        slot_keys = [slot_key, *(keys.budget(s) for s in range(first, last + 1))]
+        self._move(slot_keys, args, action="count the hourly budget where a claim ended")

@@ -68,11 +68,12 @@ class Work:
     careful: bool = False
     #: This claim probes a blocked sender; its first answer decides whether sending resumes.
     probe: bool = False
-    #: Redis's clock at the claim: the budget counts everything of a claim in the same slot.
+    #: Redis's clock at the claim: the budget reserves everything of a claim in the same slot (and
+    #: moves what was sent to a later one if the claim ends there: ``Drainer._close_budget``).
     claimed_ms: int = 0
     #: Budget reserved for this claim (slot key, per user), and what was sent and may have been
     #: applied (one item: one identification of its user): the difference is refunded when the
-    #: claim is done.  The items are counted per user only when that is needed (``budget_left``).
+    #: claim is closed.  The items are counted per user only when that is needed (``budget_left``).
     budget_slot: str = ""
     reserved: dict[str, int] = field(default_factory=dict)
     applied: list[Item] = field(default_factory=list)
@@ -215,7 +216,7 @@ class Drainer:
                 self._settle(shard, token, work, Settlement(dead=dead, parked=behind + deferred, failed_ms=now))
             return self._send_all(shard, token, work)
         finally:
-            self._refund(work)
+            self._close_budget(shard, work)
 
     def _send_all(self, shard: int, token: str, work: Work) -> Pause | None:
         while work.pending and not self._should_stop():
@@ -331,10 +332,19 @@ class Drainer:
         return [Parking(u, limited[u].wait_ms, waiting.DEFERRED, waiting.members(plan.entries_of(held)))
                 for u, held in waits.items()]  # fmt: skip
 
-    def _refund(self, work: Work) -> None:
-        """Give back the budget reserved for what was not sent, or surely not applied."""
-        if self.budget is None or not work.reserved or not work.budget_slot or work.all_reserved_applied():
-            return  # the last test is the usual end of a claim: everything reserved was sent
+    def _close_budget(self, shard: int, work: Work) -> None:
+        """Give back the budget reserved for what was not sent, or surely not applied; and when the
+        claim ended in a later slot than it reserved in, count what it sent in that slot."""
+        if self.budget is None or not work.reserved or not work.budget_slot:
+            return
+        latest = self.clock.latest_ms()
+        if latest // self.budget.slot_ms != work.claimed_ms // self.budget.slot_ms:
+            sent = Counter([item.entries[0].user_key for item in work.applied])
+            within = (max(work.claimed_ms, self.clock.now_ms()), latest)
+            self.budget.move(self.store.keys.shard(shard), work.budget_slot, within, work.reserved, sent)
+            return
+        if work.all_reserved_applied():
+            return  # the usual end of a claim: everything reserved was sent, in the slot it went in
         unused = {u: n for u, n in work.budget_left().items() if n > 0}
         if unused:
             self.budget.refund(work.budget_slot, unused)

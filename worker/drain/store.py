@@ -16,6 +16,8 @@ touches only what it changes, and waiting users are reached by their key, never 
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from producers.contract.keys import Keys
@@ -53,13 +55,15 @@ class ShardStore:
         self._leases.lost(shard, token)
 
     def begin(self) -> Begin:
+        asked = time.monotonic()
         begin = self._beginnings.begin()
-        self.clock.sync(begin.now_ms)
+        self.clock.sync(begin.now_ms, asked)
         return begin
 
     def claim(self, shard: int, token: str, max_entries: int, max_bytes: int) -> Claim:
+        asked = time.monotonic()
         claim = self._claims.claim(shard, token, max_entries, max_bytes)
-        self.clock.sync(claim.now_ms)
+        self.clock.sync(claim.now_ms, asked)
         return claim
 
     def settle(self, shard: int, token: str, settlement: Settlement) -> list[str]:

@@ -9,4 +9,8 @@ for i = 1, #ARGV, 2 do
     redis.call('HDEL', KEYS[1], ARGV[i])
   end
 end
+-- a slot left with its mark only counts nobody: without it, the marks stay low
+if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '#max') == 1 then
+  redis.call('DEL', KEYS[1])
+end
 return 1
