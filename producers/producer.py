@@ -24,7 +24,7 @@ import redis
 
 from producers.contract import entry
 from producers.contract.connection import connect, store_errors
-from producers.contract.errors import InvalidRecord, QueueFull, QueueMismatch, StoreError
+from producers.contract.errors import ImportAhead, InvalidRecord, QueueFull, QueueMismatch, StoreError
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 from producers.contract.settings import QueueConfig
@@ -208,11 +208,13 @@ class ProducerCore:
     def _result(self, replies: list[Any], count: int) -> ChunkResult:
         enqueued = skipped = already = 0
         full: QueueFull | None = None
+        failed: Exception | None = None
         for reply in replies:
             if isinstance(reply, QueueMismatch):
                 raise mismatch(self.config.shards, reply.fields)
             if isinstance(reply, Exception):
-                raise reply
+                failed = failed or reply
+                continue
             if int(reply[0]) == 0:
                 shard = int(reply[1])
                 full = QueueFull(int(reply[2]), self._cap(), shard=shard if shard >= 0 else None)
@@ -220,8 +222,12 @@ class ProducerCore:
             enqueued += int(reply[1])
             skipped += int(reply[2])
             already += int(reply[3])
+        if isinstance(failed, ImportAhead):
+            failed.skipped = skipped  # the importer counts them as skipped, not as enqueued
+        if failed is not None:
+            raise failed
         if full is not None:
-            raise QueueFull(full.queued, full.cap, enqueued, shard=full.shard)
+            raise QueueFull(full.queued, full.cap, enqueued, skipped=skipped, shard=full.shard)
         return ChunkResult(enqueued, skipped, already)
 
     def group_outcomes(self, plan: EnqueuePlan, replies: list[Any], count: int) -> Outcomes:

@@ -71,12 +71,14 @@ class InvalidRecord(IdentifyQueueError):
 class QueueFull(IdentifyQueueError):
     """Accepting the call would pass IDENTIFY_MAX_QUEUED: on one Redis the whole queue's count, on a
     Redis Cluster a shard's even share of it (``shard`` says which).  Nothing of the refused call
-    was enqueued (on a Redis Cluster: of the refused shard's part)."""
+    was enqueued (on a Redis Cluster: of the refused shard's part; ``enqueued`` and ``skipped``
+    count what the other shards' parts wrote and left out as unchanged)."""
 
-    def __init__(self, queued: int, cap: int, enqueued: int = 0, *, shard: int | None = None) -> None:
+    def __init__(self, queued: int, cap: int, enqueued: int = 0, *, skipped: int = 0, shard: int | None = None) -> None:
         self.queued = queued
         self.cap = cap
         self.enqueued = enqueued
+        self.skipped = skipped
         self.shard = shard
         if shard is None:
             limit = f"the queue holds {queued:,} records, IDENTIFY_MAX_QUEUED is {cap:,}"
@@ -131,6 +133,8 @@ class ImportAhead(ScriptRefusal):
     can tell which records it has.  The importer sends the chunk again with them."""
 
     code = "IMPORT_AHEAD"
+    #: On a Redis Cluster, records the other shards' parts of the call, written, left out as unchanged.
+    skipped: int = 0
 
     def __init__(self, message: str = "", fields: dict[str, str] | None = None) -> None:
         line = (fields or {}).get("line", "?")

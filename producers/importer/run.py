@@ -366,18 +366,24 @@ class _Run:
         attempt = 0
         noted = -FULL_NOTE_EVERY_S
         with_lines = False
+        # Records the written parts of a refused call left out as unchanged (on a Redis Cluster): the
+        # call that completes the chunk finds their lines in their shards and counts them as already
+        # enqueued, so they are moved back to skipped, where they belong.
+        skipped_before = 0
         while True:
             try:
                 result = self.producer.enqueue_chunk(chunk.records, fingerprints=chunk.fingerprints,
                                                      fingerprint_ttl_ms=self.ttl_ms, progress=progress,
                                                      lines=chunk.lines if with_lines else None)  # fmt: skip
-            except ImportAhead:
+            except ImportAhead as ahead:
                 # An earlier run enqueued some of these lines before it stopped (nothing of this call
                 # was written; on a Redis Cluster, another shard's part may have been, and the lines
                 # leave it out as well)
+                skipped_before += ahead.skipped
                 with_lines = True
                 continue
             except QueueFull as full:
+                skipped_before += full.skipped
                 now = self.importer._clock()
                 if now - noted >= FULL_NOTE_EVERY_S:
                     noted = now
@@ -393,4 +399,4 @@ class _Run:
             # Lines a shard already had were enqueued by an earlier run of the job that stopped before
             # the job's hash recorded them (only lines past it are read again): enqueued for the job,
             # and counted now, once.
-            return result.enqueued + result.already, result.skipped
+            return result.enqueued + result.already - skipped_before, result.skipped + skipped_before

@@ -20,7 +20,7 @@ import redis
 from click.testing import CliRunner, Result
 
 from producers.contract.entry import decode, shard_of
-from producers.contract.errors import SourceError
+from producers.contract.errors import QueueFull, SourceError
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.importer.job import JobStore
@@ -400,6 +400,69 @@ def test_on_a_cluster_a_chunk_partly_written_before_the_queue_filled_is_complete
     seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in drained)
     assert seqs == list(range(3000))
     assert report.enqueued == 3000
+
+
+@pytest.mark.shards(2)
+@pytest.mark.timeout(30)
+def test_on_a_cluster_records_left_out_as_unchanged_by_a_part_written_before_the_queue_filled_count_as_skipped(
+    tmp_path: Path, queue_config: QueueConfig, redis_client: redis.Redis
+) -> None:  # fmt: skip
+    # Given last night's 3,000 users imported with --skip-unchanged, and tonight's file in which
+    # every other user changed; a producer that calls each shard on its own, as on a Redis Cluster,
+    # with room for 200 records per shard, and workers that drain one shard per wait: each chunk of
+    # 500 appends about 125 per shard, so one shard takes its part while the other is full
+    config = dataclasses.replace(queue_config, max_queued=400)
+    keys = Keys(config.namespace)
+    first, tonight = tmp_path / "first.jsonl", tmp_path / "tonight.jsonl"
+    first.write_bytes(jsonl(3000))
+    tonight.write_bytes(b"".join(b'{"user_id":"user-%06d","user_properties":{"$set":{"seq":%d}}}\n'
+                                 % (i, i + 10_000 * (i % 2)) for i in range(3000)))  # fmt: skip
+    drained: list[bytes] = []
+    waits = 0
+
+    def drain(shard: int) -> None:
+        k = keys.shard(shard)
+        with redis_client.pipeline() as pipe:
+            pipe.lrange(k.queue, 0, -1).delete(k.queue)
+            items = pipe.execute()[0]
+        redis_client.decrby(k.total, len(items))
+        drained.extend(items)
+
+    def wait(_: float) -> None:
+        nonlocal waits
+        drain(waits % 2)
+        waits += 1
+
+    with IdentifyProducer(config) as producer:
+        producer._cluster = True
+        options = ImportOptions(job="last-night", chunk_size=500, skip_unchanged=True)
+        Importer(producer, options, sleep=wait).run(str(first))
+        drain(0)
+        drain(1)
+        drained.clear()
+        partly: list[int] = []  # the unchanged records the written parts of each refused call left out
+        real = producer.enqueue_chunk
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return real(*args, **kwargs)
+            except QueueFull as full:
+                partly.append(full.skipped)
+                raise
+
+        producer.enqueue_chunk = spy  # type: ignore[method-assign]
+        options = ImportOptions(job="tonight", chunk_size=500, skip_unchanged=True)
+        report = Importer(producer, options, sleep=wait).run(str(tonight))
+        stored = JobStore(producer.client, keys, config.shards).read("tonight")
+    drain(0)
+    drain(1)
+    # Then the changed users are queued once, and each count says what happened to its records,
+    # in the report as in the job's record: the unchanged ones are skipped, not enqueued
+    assert sum(partly) > 0  # a part was written, unchanged records left out, before a shard filled
+    seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in drained)
+    assert seqs == [i + 10_000 for i in range(1, 3000, 2)]
+    assert (report.enqueued, report.skipped) == (1500, 1500)
+    assert stored is not None and (stored.enqueued, stored.skipped) == (1500, 1500)
 
 
 def test_the_python_api_alone(tmp_path: Path, queue_config: QueueConfig, queued: Any) -> None:
