@@ -98,7 +98,7 @@ class AsyncIdentifyProducer(ProducerCore):
         plan = self._plan(records)
         await self._check_layout()
         replies = await self._run(plan)
-        enqueued = self._result(replies, len(records)).enqueued
+        enqueued = self._result(plan, replies).enqueued
         if enqueued:
             await self._record_layout()
         return enqueued

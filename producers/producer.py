@@ -205,29 +205,36 @@ class ProducerCore:
             args += [shard, "linger"]
         return Call(self._wake_script, [self.keys.meta, self.keys.wakeups, self.keys.kick], args)
 
-    def _result(self, replies: list[Any], count: int) -> ChunkResult:
+    def _result(self, plan: EnqueuePlan, replies: list[Any]) -> ChunkResult:
+        """What the calls of a chunk did; a part refused raises, telling what the written parts did
+        and which records they did not carry (``left``), so that only those are sent again."""
         enqueued = skipped = already = 0
         full: QueueFull | None = None
         failed: Exception | None = None
-        for reply in replies:
+        left: list[int] = []
+        for indices, reply in zip(plan.parts, replies, strict=True):
             if isinstance(reply, QueueMismatch):
                 raise mismatch(self.config.shards, reply.fields)
             if isinstance(reply, Exception):
                 failed = failed or reply
+                left += indices
                 continue
             if int(reply[0]) == 0:
                 shard = int(reply[1])
                 full = QueueFull(int(reply[2]), self._cap(), shard=shard if shard >= 0 else None)
+                left += indices
                 continue
             enqueued += int(reply[1])
             skipped += int(reply[2])
             already += int(reply[3])
-        if isinstance(failed, ImportAhead):
-            failed.skipped = skipped  # the importer counts them as skipped, not as enqueued
+        written = len(left) < sum(len(indices) for indices in plan.parts)
+        if isinstance(failed, ImportAhead) and written:
+            failed.enqueued, failed.skipped, failed.already, failed.left = enqueued, skipped, already, sorted(left)
         if failed is not None:
             raise failed
         if full is not None:
-            raise QueueFull(full.queued, full.cap, enqueued, skipped=skipped, shard=full.shard)
+            raise QueueFull(full.queued, full.cap, enqueued, skipped=skipped, already=already, shard=full.shard,
+                            left=sorted(left) if written else None)  # fmt: skip
         return ChunkResult(enqueued, skipped, already)
 
     def group_outcomes(self, plan: EnqueuePlan, replies: list[Any], count: int) -> Outcomes:
@@ -324,14 +331,15 @@ class IdentifyProducer(ProducerCore):
         With ``errors="raise"`` the first invalid record raises InvalidRecord (its ``index`` says
         which) after every valid record before it has been enqueued, and none after it.  With
         ``errors="collect"`` invalid records are skipped and listed in the report.  QueueFull means
-        the chunk that would pass the cap was not enqueued; ``QueueFull.enqueued`` counts the rest.
+        the chunk that would pass the cap was not enqueued (on a Redis Cluster, its shards' parts
+        that had room were); ``QueueFull.enqueued`` counts what was.
         """
         report = EnqueueReport()
         for chunk in self._chunks(records, chunk_size, errors, report):
             try:
                 report.enqueued += self.enqueue_valid(chunk)
             except QueueFull as full:
-                raise QueueFull(full.queued, full.cap, report.enqueued) from None
+                raise QueueFull(full.queued, full.cap, report.enqueued + full.enqueued, shard=full.shard) from None
         return report
 
     @property
@@ -367,14 +375,14 @@ class IdentifyProducer(ProducerCore):
         On one Redis the chunk is one script call: everything is written or nothing (QueueFull leaves
         the records, the fingerprints and the progress as they were).  On a Redis Cluster it is one
         call per shard, run in parallel across the nodes: each shard's part is whole or nothing, and
-        QueueFull or another error may leave other shards' parts written (``QueueFull.enqueued``
-        counts them; an import's resume leaves them out, by their lines).
+        QueueFull or ImportAhead may leave other shards' parts written: the error says what they
+        did and which records they did not carry (``left``), the only ones to send again.
         """
         plan = self._plan(records, fingerprints, fingerprint_ttl_ms, progress, lines)
         self._check_layout()
         replies = self._run(plan)
         self._wake_done(plan, replies)
-        result = self._result(replies, len(records))
+        result = self._result(plan, replies)
         if result.enqueued:
             self._record_layout()
         return result

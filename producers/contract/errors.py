@@ -71,14 +71,21 @@ class InvalidRecord(IdentifyQueueError):
 class QueueFull(IdentifyQueueError):
     """Accepting the call would pass IDENTIFY_MAX_QUEUED: on one Redis the whole queue's count, on a
     Redis Cluster a shard's even share of it (``shard`` says which).  Nothing of the refused call
-    was enqueued (on a Redis Cluster: of the refused shard's part; ``enqueued`` and ``skipped``
-    count what the other shards' parts wrote and left out as unchanged)."""
+    was enqueued (on a Redis Cluster: of the refused shard's part; the other shards' parts may have
+    been: ``enqueued``, ``skipped`` as unchanged and ``already`` held say what they did, and
+    ``left`` gives the positions, in the call, of the records they did not carry, the ones to send
+    again; None when no part was written)."""
 
-    def __init__(self, queued: int, cap: int, enqueued: int = 0, *, skipped: int = 0, shard: int | None = None) -> None:
+    def __init__(
+        self, queued: int, cap: int, enqueued: int = 0, *, skipped: int = 0, already: int = 0,
+        left: list[int] | None = None, shard: int | None = None,
+    ) -> None:  # fmt: skip
         self.queued = queued
         self.cap = cap
         self.enqueued = enqueued
         self.skipped = skipped
+        self.already = already
+        self.left = left
         self.shard = shard
         if shard is None:
             limit = f"the queue holds {queued:,} records, IDENTIFY_MAX_QUEUED is {cap:,}"
@@ -133,8 +140,12 @@ class ImportAhead(ScriptRefusal):
     can tell which records it has.  The importer sends the chunk again with them."""
 
     code = "IMPORT_AHEAD"
-    #: On a Redis Cluster, records the other shards' parts of the call, written, left out as unchanged.
+    #: On a Redis Cluster, what the other shards' parts of the call, written, did, and the positions
+    #: of the records they did not carry (None: no part was written), as QueueFull has them.
+    enqueued: int = 0
     skipped: int = 0
+    already: int = 0
+    left: list[int] | None = None
 
     def __init__(self, message: str = "", fields: dict[str, str] | None = None) -> None:
         line = (fields or {}).get("line", "?")

@@ -200,8 +200,7 @@ class _Chunk:
 
     records: list[ValidRecord]
     #: Each record's line: a shard leaves out the lines an earlier run of the job gave it.  Sent only
-    #: when a shard has a line past ``start`` (IMPORT_AHEAD): after an interruption, or on a Redis
-    #: Cluster when a part of the chunk was written before another shard refused it.
+    #: when a shard has a line past ``start`` (IMPORT_AHEAD): after an interruption.
     lines: list[int]
     fingerprints: list[bytes] | None
     #: The chunk's rejected lines, in input order; told and written when the chunk commits, by the
@@ -366,28 +365,32 @@ class _Run:
         attempt = 0
         noted = -FULL_NOTE_EVERY_S
         with_lines = False
-        # Records the written parts of a refused call left out as unchanged (on a Redis Cluster): the
-        # call that completes the chunk finds their lines in their shards and counts them as already
-        # enqueued, so they are moved back to skipped, where they belong.
-        skipped_before = 0
+        records, fingerprints, lines = chunk.records, chunk.fingerprints, chunk.lines
+        # On a Redis Cluster a refused call may have written other shards' parts: what they did is
+        # counted here, and only the records they did not carry are sent again (sent again, a
+        # written part would be enqueued twice without a job, or counted again with one).
+        enqueued = skipped = 0
         while True:
             try:
-                result = self.producer.enqueue_chunk(chunk.records, fingerprints=chunk.fingerprints,
+                result = self.producer.enqueue_chunk(records, fingerprints=fingerprints,
                                                      fingerprint_ttl_ms=self.ttl_ms, progress=progress,
-                                                     lines=chunk.lines if with_lines else None)  # fmt: skip
-            except ImportAhead as ahead:
-                # An earlier run enqueued some of these lines before it stopped (nothing of this call
-                # was written; on a Redis Cluster, another shard's part may have been, and the lines
-                # leave it out as well)
-                skipped_before += ahead.skipped
-                with_lines = True
-                continue
-            except QueueFull as full:
-                skipped_before += full.skipped
+                                                     lines=lines if with_lines else None)  # fmt: skip
+            except (ImportAhead, QueueFull) as refused:
+                if refused.left is not None:
+                    enqueued += refused.enqueued + refused.already
+                    skipped += refused.skipped
+                    records = [records[i] for i in refused.left]
+                    lines = [lines[i] for i in refused.left]
+                    fingerprints = None if fingerprints is None else [fingerprints[i] for i in refused.left]
+                if isinstance(refused, ImportAhead):
+                    # An earlier run enqueued some of these lines before it stopped (nothing of the
+                    # refusing shard's part was written): their lines tell that shard which it has
+                    with_lines = True
+                    continue
                 now = self.importer._clock()
                 if now - noted >= FULL_NOTE_EVERY_S:
                     noted = now
-                    self.display.note(f"{full}; waiting for the workers to make room "
+                    self.display.note(f"{refused}; waiting for the workers to make room "
                                       f"(line {self.report.lines + 1:,} onwards)")  # fmt: skip
                 self.pause(full_wait_s(attempt))
                 if self.stopping.is_set():
@@ -399,4 +402,4 @@ class _Run:
             # Lines a shard already had were enqueued by an earlier run of the job that stopped before
             # the job's hash recorded them (only lines past it are read again): enqueued for the job,
             # and counted now, once.
-            return result.enqueued + result.already - skipped_before, result.skipped + skipped_before
+            return enqueued + result.enqueued + result.already, skipped + result.skipped
