@@ -4,8 +4,11 @@ scripted Amplitude for the Drainer.  Fixtures are in conftest.py; no test module
 
 from __future__ import annotations
 
+import selectors
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -334,3 +337,55 @@ def make_wait(client: redis.Redis, k: ShardKeys, user_key: str, seqs: Iterable[i
     client.zadd(k.parked, {user_key: until_ms})
     client.hset(k.parked_why, user_key, reason)
     return raws
+
+
+class AnswerDroppingProxy:
+    """A TCP proxy on loopback in front of a redis-server that can lose an answer: the next command
+    whose bytes hold ``pattern`` reaches Redis and runs, and then its connection is closed before the
+    answer comes back, as when a network path or a proxy drops a connection at that moment."""
+
+    def __init__(self, port: int) -> None:
+        self._target = ("127.0.0.1", port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._pattern: bytes | None = None
+        self.dropped = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_answer_to(self, pattern: bytes) -> None:
+        with self._lock:
+            self._pattern = pattern
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+
+    def _pump(self, client: socket.socket) -> None:
+        server = socket.create_connection(self._target)
+        drop_next = False
+        with client, server:
+            sel = selectors.DefaultSelector()
+            sel.register(client, selectors.EVENT_READ, server)
+            sel.register(server, selectors.EVENT_READ, client)
+            while True:
+                for key, _ in sel.select():
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    if src is client:
+                        with self._lock:
+                            if self._pattern is not None and self._pattern in data:
+                                self._pattern, drop_next = None, True
+                    elif drop_next:
+                        self.dropped += 1
+                        return  # the command ran; its answer is lost with the connection
+                    key.data.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()

@@ -90,7 +90,8 @@ def process_drainer(settings: Settings) -> Drainer:
                 _process["metrics"] = Metrics()
                 if _process_is_pool_child.is_set():
                     _finish_batch_on_sigterm()
-        client = connect(settings.queue.redis_url)
+        # every drain script runs at most once per call: a lost answer is the drain's to handle
+        client = connect(settings.queue.redis_url, resend=False)
         sink = HttpSink(
             settings.identify_url,
             settings.require_api_key(),

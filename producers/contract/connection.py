@@ -31,8 +31,10 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, ClusterError, MovedError, NoPermissionError, TryAgainError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from producers.contract.errors import ConfigError, SlotMoving, StoreError
@@ -154,10 +156,20 @@ def _tls(scheme: str, params: dict[str, str], bad: Any) -> dict[str, Any]:
     return tls
 
 
-def connect(url: str | RedisTarget, **options: Any) -> redis.Redis:
-    """A client for ``url`` with timeouts, so that a dead Redis fails a call instead of hanging it."""
+def connect(url: str | RedisTarget, *, resend: bool = True, **options: Any) -> redis.Redis:
+    """A client for ``url`` with timeouts, so that a dead Redis fails a call instead of hanging it.
+
+    ``resend=False``: a command whose answer does not come (the connection lost after it was sent,
+    a timeout) fails at once.  By default redis-py sends it again, up to ten times, and a script
+    that already ran then runs again: harmless for a read, a duplicate for an enqueue (delivery is
+    at least once), but a drain's settle run twice trims its in-flight list twice, and records not
+    yet sent would be lost (tests/drain/test_lost_answers.py).  The drain handles a failed call
+    itself: what it claimed stays in flight and is read again.
+    """
     target = url if isinstance(url, RedisTarget) else parse_url(url)
     options = _options(target, options)
+    if not resend:
+        options["retry"] = Retry(NoBackoff(), 0)
     if target.scheme == "unix":
         return redis.Redis(unix_socket_path=target.path, db=target.db, **_without_tcp(options))
     if target.sentinel:
