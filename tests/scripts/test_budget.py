@@ -101,6 +101,18 @@ def test_a_refund_gives_back_what_was_not_sent_and_drops_emptied_users(
     assert counts(redis_client, k, CURRENT) == {"u:c": "1"}
 
 
+def test_a_slot_left_with_its_mark_only_is_deleted(
+    budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
+) -> None:
+    # Given a slot whose one user is refunded everything: its mark would count nobody, yet keep the
+    # sum of the marks high, and every user of a claim near the limit counted one by one
+    budget.reserve(k, {"u:a": 2}, NOW, {})
+    budget.refund(k.budget(CURRENT), {"u:a": 1})
+    assert redis_client.exists(k.budget(CURRENT))
+    budget.refund(k.budget(CURRENT), {"u:a": 1})
+    assert not redis_client.exists(k.budget(CURRENT))
+
+
 def test_a_claim_that_ended_in_its_own_slot_is_closed_like_a_refund(
     budget: BudgetStore, redis_client: redis.Redis, k: ShardKeys
 ) -> None:

@@ -1,13 +1,16 @@
 """The drain's pure steps, as tables: how a settle changes inflight, which claimed updates wait
 behind a user's waiting ones, how waiting members sort, how a request size learned from a 413
-recovers."""
+recovers, and the bounds the drain's clock puts on Redis's."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
 from producers.contract.entry import decode, encode
 from worker.drain import waiting
+from worker.drain.clock import RedisClock
 from worker.drain.request_size import request_size_limit
 from worker.drain.settle import inflight_change
 
@@ -78,3 +81,17 @@ def test_waiting_members_sort_by_user_then_seq() -> None:
 )
 def test_a_request_size_learned_from_a_413_recovers_after_quiet_hours(learned: int, age_s: int, expected: int) -> None:
     assert request_size_limit(950_000, learned, age_s * 1000, 3_600_000) == expected
+
+
+def test_the_clock_bounds_redis_s_time_from_the_answer_and_from_the_asking() -> None:
+    # Given Redis's clock read at 1,000,000 ms by a call asked 0.5 s before its answer came
+    clock = RedisClock()
+    asked = time.monotonic() - 0.5
+    clock.sync(1_000_000, asked)
+    # Then the earliest Redis's clock can be now counts from the answer, the latest from the asking
+    earliest, latest = clock.now_ms(), clock.latest_ms()
+    assert 1_000_000 <= earliest < 1_000_000 + 400
+    assert latest >= earliest + 500
+    # and with no asking time given, both count from the answer
+    clock.sync(2_000_000)
+    assert 0 < clock.latest_ms() - clock.now_ms() <= 2

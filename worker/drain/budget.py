@@ -87,6 +87,10 @@ class BudgetStore:
         """A slot's hash must outlive the SLOTS after it, during which it is still summed."""
         return self.slot_ms * (SLOTS + 2)
 
+    def slot_key(self, keys: ShardKeys, now_ms: int) -> str:
+        """The slot hash a reservation at ``now_ms`` (Redis's clock) is counted in."""
+        return keys.budget(now_ms // self.slot_ms)
+
     def reserve(self, keys: ShardKeys, wanted: dict[str, int], now_ms: int, reserved: dict[str, int]) -> Reservation:
         """Count, for each user, what it may be sent now; one Redis call per 2,000 users.
 

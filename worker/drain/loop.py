@@ -216,7 +216,12 @@ class Drainer:
                 self._settle(shard, token, work, Settlement(dead=dead, parked=behind + deferred, failed_ms=now))
             return self._send_all(shard, token, work)
         finally:
-            self._close_budget(shard, work)
+            try:
+                self._close_budget(shard, work)
+            except StoreError as exc:
+                # not raised over what ends the claim (a lost lease, say): the budget then counts what
+                # was reserved, sent or not, in the slot it was reserved in, erring on the safe side
+                log.warning("shard %d: cannot close the claim's budget reservation (%s)", shard, exc)
 
     def _send_all(self, shard: int, token: str, work: Work) -> Pause | None:
         while work.pending and not self._should_stop():
@@ -319,8 +324,10 @@ class Drainer:
         missing = plan.shortfall(work.pending, work.budget_left())
         if not missing:
             return []
-        reservation = self.budget.reserve(self.store.keys.shard(shard), missing, work.claimed_ms, work.reserved)
-        work.budget_slot = reservation.slot_key
+        keys = self.store.keys.shard(shard)
+        # named before the call: a call of several that fails midway leaves reserved what it must close
+        work.budget_slot = self.budget.slot_key(keys, work.claimed_ms)
+        reservation = self.budget.reserve(keys, missing, work.claimed_ms, work.reserved)
         limited = reservation.limited
         if not limited:
             return []
@@ -340,7 +347,8 @@ class Drainer:
         latest = self.clock.latest_ms()
         if latest // self.budget.slot_ms != work.claimed_ms // self.budget.slot_ms:
             sent = Counter([item.entries[0].user_key for item in work.applied])
-            within = (max(work.claimed_ms, self.clock.now_ms()), latest)
+            # the claim's own slot bounds Redis's clock from below, even if that clock went back
+            within = (work.claimed_ms, latest)
             self.budget.move(self.store.keys.shard(shard), work.budget_slot, within, work.reserved, sent)
             return
         if work.all_reserved_applied():
