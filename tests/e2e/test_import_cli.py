@@ -22,13 +22,16 @@ from click.testing import CliRunner, Result
 from producers.contract.entry import decode, shard_of
 from producers.contract.errors import QueueFull, SourceError
 from producers.contract.keys import Keys
+from producers.contract.scripts import Script, source
 from producers.contract.settings import QueueConfig
 from producers.importer.job import JobStore
 from producers.importer.report import Snapshot, make_display
 from producers.importer.run import Importer, ImportOptions
 from producers.importer.source import LineSource, describe_source
 from producers.producer import IdentifyProducer
+from tests.support import AnswerDroppingProxy
 from worker.cli.main import main
+from worker.devtools.local_redis import LocalRedis
 
 
 class Run:
@@ -468,6 +471,31 @@ def test_on_a_cluster_records_left_out_as_unchanged_by_a_part_written_before_the
     assert (report.enqueued, report.skipped) == (1500, 1500)
     if job:
         assert stored is not None and (stored.enqueued, stored.skipped) == (1500, 1500)
+
+
+@pytest.mark.parametrize("script", ["enqueue", "import_advance"])
+def test_a_chunk_or_a_progress_whose_answer_is_lost_is_enqueued_and_counted_once(
+    tmp_path: Path, queue_config: QueueConfig, redis_server: LocalRedis, queued: Any, script: str
+) -> None:  # fmt: skip
+    # Given an import whose producer reaches Redis through a proxy that loses the answer to the
+    # first chunk's enqueue, or to the job's first advance, after it ran (redis-py, a producer's
+    # default, then sends it again: the enqueue is then refused, IMPORT_AHEAD, and sent with its
+    # lines, which the shards have; the advance finds its line recorded)
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(jsonl(2500))
+    proxy = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
+    config = dataclasses.replace(queue_config, redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+    with IdentifyProducer(config) as producer:
+        sha = producer.client.script_load(source("producers", script))  # so the first call runs it
+        assert sha == Script(None, "producers", script).sha
+        proxy.drop_answer_to(sha.encode())
+        report = Importer(producer, ImportOptions(job="nightly", chunk_size=1000)).run(str(path))
+        stored = JobStore(producer.client, producer.keys, config.shards).read("nightly")
+    proxy.close()
+    # Then each line is queued once, and the job's record counts it once, as the report does
+    assert proxy.dropped == 1
+    assert (report.enqueued, len(queued())) == (2500, 2500)
+    assert stored is not None and (stored.line, stored.enqueued, stored.skipped, stored.rejected) == (2500, 2500, 0, 0)
 
 
 def test_the_python_api_alone(tmp_path: Path, queue_config: QueueConfig, queued: Any) -> None:
