@@ -7,6 +7,8 @@
 -- Reply 1 when taken, 0 when the progress moved meanwhile (read again and decide again).
 
 local now = redis.call('HMGET', KEYS[1], 'run', 'line', 'state')
+-- this run's token (new for each run) already there: this call ran before and its answer was lost
+if now[1] == ARGV[5] then return 1 end
 if (now[1] or '') ~= ARGV[1] or (now[2] or '') ~= ARGV[2] or (now[3] or '') ~= ARGV[3] then return 0 end
 if ARGV[4] == 'start' then
   redis.call('DEL', KEYS[1])

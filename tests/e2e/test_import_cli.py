@@ -473,14 +473,15 @@ def test_on_a_cluster_records_left_out_as_unchanged_by_a_part_written_before_the
         assert stored is not None and (stored.enqueued, stored.skipped) == (1500, 1500)
 
 
-@pytest.mark.parametrize("script", ["enqueue", "import_advance"])
+@pytest.mark.parametrize("script", ["import_take", "enqueue", "import_advance"])
 def test_a_chunk_or_a_progress_whose_answer_is_lost_is_enqueued_and_counted_once(
     tmp_path: Path, queue_config: QueueConfig, redis_server: LocalRedis, queued: Any, script: str
 ) -> None:  # fmt: skip
     # Given an import whose producer reaches Redis through a proxy that loses the answer to the
-    # first chunk's enqueue, or to the job's first advance, after it ran (redis-py, a producer's
-    # default, then sends it again: the enqueue is then refused, IMPORT_AHEAD, and sent with its
-    # lines, which the shards have; the advance finds its line recorded)
+    # job's taking, the first chunk's enqueue or the job's first advance, after it ran (redis-py, a
+    # producer's default, then sends it again: the taking finds the run's token; the enqueue is
+    # refused, IMPORT_AHEAD, and sent with its lines, which the shards have; the advance finds its
+    # line recorded)
     path = tmp_path / "users.jsonl"
     path.write_bytes(jsonl(2500))
     proxy = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
