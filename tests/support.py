@@ -4,6 +4,7 @@ scripted Amplitude for the Drainer.  Fixtures are in conftest.py; no test module
 
 from __future__ import annotations
 
+import random
 import selectors
 import signal
 import socket
@@ -340,8 +341,8 @@ def make_wait(client: redis.Redis, k: ShardKeys, user_key: str, seqs: Iterable[i
 
 
 class AnswerDroppingProxy:
-    """A TCP proxy on loopback in front of a redis-server that can lose an answer: the next command
-    whose bytes hold ``pattern`` reaches Redis and runs, and then its connection is closed before the
+    """A TCP proxy on loopback in front of a redis-server that can lose answers: a command whose
+    bytes hold a pattern reaches Redis and runs, and then its connection is closed before the
     answer comes back, as when a network path or a proxy drops a connection at that moment."""
 
     def __init__(self, port: int) -> None:
@@ -349,13 +350,35 @@ class AnswerDroppingProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._pattern: bytes | None = None
+        self._once = True
+        self._share = 1.0
+        self._random = random.Random(0)
         self.dropped = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def drop_answer_to(self, pattern: bytes) -> None:
+        """Lose the answer to the next command holding ``pattern``."""
         with self._lock:
-            self._pattern = pattern
+            self._pattern, self._once, self._share = pattern, True, 1.0
+
+    def drop_answers(self, pattern: bytes, share: float, seed: int = 0) -> None:
+        """Lose the answers to ``share`` of the commands holding ``pattern``, drawn from ``seed``,
+        until ``stop_dropping``."""
+        with self._lock:
+            self._pattern, self._once, self._share, self._random = pattern, False, share, random.Random(seed)
+
+    def stop_dropping(self) -> None:
+        with self._lock:
+            self._pattern = None
+
+    def _drops(self, data: bytes) -> bool:
+        with self._lock:
+            if self._pattern is None or self._pattern not in data or self._random.random() >= self._share:
+                return False
+            if self._once:
+                self._pattern = None
+            return True
 
     def _accept(self) -> None:
         while True:
@@ -366,7 +389,11 @@ class AnswerDroppingProxy:
             threading.Thread(target=self._pump, args=(client,), daemon=True).start()
 
     def _pump(self, client: socket.socket) -> None:
-        server = socket.create_connection(self._target)
+        try:
+            server = socket.create_connection(self._target)
+        except OSError:
+            client.close()
+            return
         drop_next = False
         with client, server:
             sel = selectors.DefaultSelector()
@@ -375,17 +402,22 @@ class AnswerDroppingProxy:
             while True:
                 for key, _ in sel.select():
                     src: socket.socket = key.fileobj  # type: ignore[assignment]
-                    data = src.recv(65536)
+                    try:
+                        data = src.recv(65536)
+                    except OSError:
+                        return
                     if not data:
                         return
                     if src is client:
-                        with self._lock:
-                            if self._pattern is not None and self._pattern in data:
-                                self._pattern, drop_next = None, True
+                        drop_next = drop_next or self._drops(data)  # a long command comes in pieces
                     elif drop_next:
-                        self.dropped += 1
+                        with self._lock:
+                            self.dropped += 1
                         return  # the command ran; its answer is lost with the connection
-                    key.data.sendall(data)
+                    try:
+                        key.data.sendall(data)
+                    except OSError:
+                        return
 
     def close(self) -> None:
         self._listener.close()

@@ -15,10 +15,12 @@ stalled past its TTL can never acknowledge, park or dead-letter records a newer 
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 
 import redis
 
+from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script
 
@@ -37,7 +39,15 @@ class Leases:
         """Take the shard's lease; None when another drainer holds it."""
         token = secrets.token_hex(8)
         k = self.keys.shard(shard)
-        ok = self._acquire([k.lease, k.state], [token, self.ttl_ms], action="acquire lease")
+        try:
+            ok = self._acquire([k.lease, k.state], [token, self.ttl_ms], action="acquire lease")
+        except StoreError:
+            # The call may have run and its answer been lost: give back what it may have taken, so
+            # that the shard does not wait out the lease (a release with a token not holding the
+            # lease changes nothing; unclean, so a recovery is still counted for what is in flight)
+            with contextlib.suppress(StoreError):
+                self.release(shard, token, clean=False)
+            raise
         return token if ok else None
 
     def renew(self, shard: int, token: str) -> None:

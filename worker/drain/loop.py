@@ -115,7 +115,11 @@ class Drainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def drain(self, shard: int) -> None:
-        token = self.store.acquire(shard)
+        try:
+            token = self.store.acquire(shard)
+        except StoreError as exc:
+            log.warning("shard %d: cannot take its lease (%s); it is drained again later", shard, exc)
+            return
         if token is None:
             return  # another drainer owns it and will see everything queued there
         try:
