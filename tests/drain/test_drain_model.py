@@ -4,9 +4,10 @@ A hypothesis state machine drives the real Drainer (real ShardStore, BudgetStore
 against a real redis-server.  Only Amplitude is scripted: each request gets an answer the test
 draws (2xx, 400 naming records, opaque 400, 413, 429 naming users or none, 5xx that was or was not
 applied, a timeout, an invalid API key, the drainer's process killed before or after the request
-reached Amplitude, the lease lost while the request was out).  Between drains the test enqueues,
-lets holds expire and budget windows pass, ends retry waits, lets a dead drainer's lease expire,
-and replays dead letters.
+reached Amplitude, the lease lost while the request was out).  And any one call of a drain to
+Redis may lose its answer after it ran (a connection dropped then: test_lost_answers.py).  Between
+drains the test enqueues, lets holds expire and budget windows pass, ends retry waits, lets a dead
+drainer's lease expire, and replays dead letters.
 
 What must hold, checked at every request and after every step:
 
@@ -17,7 +18,8 @@ What must hold, checked at every request and after every step:
   was in a request Amplitude answered with a 2xx; nothing is sent again once settled;
 - the counts: ``total`` equals what is queued, in flight and waiting; dead-letter counts match;
 - the limits: no user gets more identifications applied in a budget window than the budget, and
-  the budget counts exactly what may have been applied unless a drainer was killed;
+  the budget counts exactly what may have been applied unless a drainer was killed or the answer
+  to a reservation was lost (then it counts more: the safe side);
 - waiting users: everything of a user that waits is older than all it has in the queue;
 - a lost lease is not a crash: recoveries never exceed the kills of that claim.
 
@@ -48,6 +50,7 @@ from hypothesis.stateful import (
 )
 
 from producers.contract.entry import decode
+from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
@@ -183,6 +186,11 @@ class Process:
         self.dead = False
         #: Run before the next lease renewal (the one before a request): a stall that outlasts the lease.
         self.before_renew: Callable[[], None] | None = None
+        #: The call to Redis, counted from 1, that runs and then loses its answer (None: none).
+        self.lose_answer_of: int | None = None
+        self.calls = 0
+        #: The calls whose answer was lost.
+        self.lost: list[str] = []
 
     def guard(self, target: Any) -> Any:
         process = self
@@ -199,7 +207,12 @@ class Process:
                     if name == "renew" and process.before_renew is not None:
                         stall, process.before_renew = process.before_renew, None
                         stall()
-                    return value(*args, **kwargs)
+                    result = value(*args, **kwargs)
+                    process.calls += 1
+                    if process.calls == process.lose_answer_of:
+                        process.lost.append(name)
+                        raise StoreError(f"{name}: the answer was lost with its connection")
+                    return result
 
                 return call
 
@@ -317,17 +330,19 @@ class DrainMachine(RuleBasedStateMachine):
 
     @rule(
         first=st.integers(0, SHARDS - 1), answers=st.lists(ANSWERS, max_size=6), wait=st.sampled_from(WAITS),
-        stall=st.sampled_from([False, False, False, True]),
+        stall=st.sampled_from([False, False, False, True]), lost=st.sampled_from([None, None, None, *range(1, 9)]),
     )  # fmt: skip
-    def drain(self, first: int, answers: list[Answer], wait: str | None, stall: bool) -> None:
+    def drain(self, first: int, answers: list[Answer], wait: str | None, stall: bool, lost: int | None) -> None:
         """A drain task for each shard in turn, Amplitude answering as scripted, then 2xx.
 
         ``stall``: the drainer stalls past its lease before its first request (a VM pause).
+        ``lost``: which call to Redis of these drains (from 1) loses its answer after it ran.
         """
         if wait:
             self.time_passes(wait)
         if stall:
             self.process.before_renew = self.leases_expire
+        self.process.lose_answer_of, self.process.calls, self.process.lost = lost, 0, []
         self.sink.answers = list(answers)
         for shard in (first, 1 - first):
             assert self.drainer is not None
@@ -339,6 +354,9 @@ class DrainMachine(RuleBasedStateMachine):
             except Violation as seen:
                 raise AssertionError(str(seen)) from None  # reported, and shrunk, by hypothesis
         self.sink.answers = []
+        self.process.lose_answer_of = None
+        if "reserve" in self.process.lost:
+            self.model.killed_in_window = True  # a reservation the drainer never learned of: counted more
 
     @rule(what=st.sampled_from([w for w in WAITS if w]))
     def time_passes(self, what: str) -> None:
