@@ -216,7 +216,8 @@ def create_app(settings: Settings) -> Celery:
 
         def start(self, parent: Any) -> None:
             self.dispatcher = Dispatcher(
-                connect(settings.queue.redis_url),
+                # a call whose answer is lost fails (and is handled) rather than runs again
+                connect(settings.queue.redis_url, resend=False),
                 keys,
                 settings.queue.shards,
                 lambda shard: send_drain(app, shard),

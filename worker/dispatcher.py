@@ -105,7 +105,14 @@ class Dispatcher:
             due, next_due, now = [int(s) for s in reply[:marker]], int(reply[marker + 1]), int(reply[marker + 2])
             calls = [Call(self._mark, [self.keys.shard(s).lease, self.keys.shard(s).state], [self._grace_ms])
                      for s in due]  # fmt: skip
-            marks = run_together(self._redis, calls, action="mark shards dispatched")
+            try:
+                marks = run_together(self._redis, calls, action="mark shards dispatched")
+            except StoreError:
+                # the marks may have been written and their answer lost: popped, marked, and no task
+                # sent, the shards would wait out the grace; cleared, they are due again at once
+                with contextlib.suppress(StoreError):
+                    self._undispatch(due)
+                raise
             later: list[int | str] = []
             for shard, mark in zip(due, marks, strict=True):
                 if isinstance(mark, Exception):

@@ -364,6 +364,28 @@ def test_an_uninterrupted_import_never_sends_the_records_lines(
     assert len(queued()) == 2500
 
 
+class OneShardPerWait:
+    """Workers for the cluster-path tests: each wait of the importer for room drains one of two
+    shards, in turn, into ``drained``."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+        self.drained: list[bytes] = []
+        self.waits = 0
+
+    def drain(self, shard: int) -> None:
+        k = self.keys.shard(shard)
+        with self.client.pipeline() as pipe:
+            pipe.lrange(k.queue, 0, -1).delete(k.queue)
+            items = pipe.execute()[0]
+        self.client.decrby(k.total, len(items))
+        self.drained.extend(items)
+
+    def wait(self, _: float) -> None:
+        self.drain(self.waits % 2)
+        self.waits += 1
+
+
 @pytest.mark.shards(2)
 @pytest.mark.timeout(30)  # sending a written part again, the retries could rewrite it forever
 @pytest.mark.parametrize("job", ["nightly", None])  # None: stdin without --job, no lines to go by
@@ -377,32 +399,19 @@ def test_on_a_cluster_a_chunk_partly_written_before_the_queue_filled_is_complete
     keys = Keys(config.namespace)
     path = tmp_path / "users.jsonl"
     path.write_bytes(jsonl(3000))
-    drained: list[bytes] = []
-    waits = 0
-
-    def drain(shard: int) -> None:
-        k = keys.shard(shard)
-        with redis_client.pipeline() as pipe:
-            pipe.lrange(k.queue, 0, -1).delete(k.queue)
-            items = pipe.execute()[0]
-        redis_client.decrby(k.total, len(items))
-        drained.extend(items)
-
-    def wait(_: float) -> None:
-        nonlocal waits
-        drain(waits % 2)
-        waits += 1
+    workers = OneShardPerWait(redis_client, keys)
 
     with IdentifyProducer(config) as producer:
         producer._cluster = True
-        importer = Importer(producer, ImportOptions(job=job, chunk_size=500), sleep=wait, stdin=io.BytesIO(jsonl(3000)))
+        importer = Importer(producer, ImportOptions(job=job, chunk_size=500), sleep=workers.wait,
+                            stdin=io.BytesIO(jsonl(3000)))  # fmt: skip
         report = importer.run(str(path) if job else "-")
-    drain(0)
-    drain(1)
+    workers.drain(0)
+    workers.drain(1)
     # Then every line is queued once (a part written before another shard refused is not sent
     # again: only the records of the refused parts are), and counted once
-    assert waits > 0
-    seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in drained)
+    assert workers.waits > 0
+    seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in workers.drained)
     assert seqs == list(range(3000))
     assert report.enqueued == 3000
 
@@ -423,29 +432,15 @@ def test_on_a_cluster_records_left_out_as_unchanged_by_a_part_written_before_the
     first.write_bytes(jsonl(3000))
     tonight.write_bytes(b"".join(b'{"user_id":"user-%06d","user_properties":{"$set":{"seq":%d}}}\n'
                                  % (i, i + 10_000 * (i % 2)) for i in range(3000)))  # fmt: skip
-    drained: list[bytes] = []
-    waits = 0
-
-    def drain(shard: int) -> None:
-        k = keys.shard(shard)
-        with redis_client.pipeline() as pipe:
-            pipe.lrange(k.queue, 0, -1).delete(k.queue)
-            items = pipe.execute()[0]
-        redis_client.decrby(k.total, len(items))
-        drained.extend(items)
-
-    def wait(_: float) -> None:
-        nonlocal waits
-        drain(waits % 2)
-        waits += 1
+    workers = OneShardPerWait(redis_client, keys)
 
     with IdentifyProducer(config) as producer:
         producer._cluster = True
         options = ImportOptions(job="last-night", chunk_size=500, skip_unchanged=True)
-        Importer(producer, options, sleep=wait).run(str(first))
-        drain(0)
-        drain(1)
-        drained.clear()
+        Importer(producer, options, sleep=workers.wait).run(str(first))
+        workers.drain(0)
+        workers.drain(1)
+        workers.drained.clear()
         partly: list[int] = []  # the unchanged records the written parts of each refused call left out
         real = producer.enqueue_chunk
 
@@ -458,15 +453,15 @@ def test_on_a_cluster_records_left_out_as_unchanged_by_a_part_written_before_the
 
         producer.enqueue_chunk = spy  # type: ignore[method-assign]
         options = ImportOptions(job=job, chunk_size=500, skip_unchanged=True)
-        importer = Importer(producer, options, sleep=wait, stdin=io.BytesIO(tonight.read_bytes()))
+        importer = Importer(producer, options, sleep=workers.wait, stdin=io.BytesIO(tonight.read_bytes()))
         report = importer.run(str(tonight) if job else "-")
         stored = JobStore(producer.client, keys, config.shards).read(job) if job else None
-    drain(0)
-    drain(1)
+    workers.drain(0)
+    workers.drain(1)
     # Then the changed users are queued once, and each count says what happened to its records,
     # in the report as in the job's record: the unchanged ones are skipped, not enqueued
     assert sum(partly) > 0  # a part was written, unchanged records left out, before a shard filled
-    seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in drained)
+    seqs = sorted(orjson.loads(decode(r).data)["user_properties"]["$set"]["seq"] for r in workers.drained)
     assert seqs == [i + 10_000 for i in range(1, 3000, 2)]
     assert (report.enqueued, report.skipped) == (1500, 1500)
     if job:

@@ -44,9 +44,10 @@ def test_a_worker_that_loses_a_tenth_of_its_scripts_answers_delivers_everything_
     # Every script is loaded first: a lost NOSCRIPT answer is of a call that did not run, and a
     # settle that did not run after a delivery sends its batch again (at least once, allowed);
     # here every lost answer is of a call that ran, so nothing may arrive twice
-    for path in files("worker").joinpath("lua").iterdir():
-        if path.name.endswith(".lua"):
-            producer.client.script_load(source("worker", path.name.removesuffix(".lua")))
+    for package in ("worker", "producers"):  # the worker runs wake.lua of the producers' too
+        for path in files(package).joinpath("lua").iterdir():
+            if path.name.endswith(".lua"):
+                producer.client.script_load(source(package, path.name.removesuffix(".lua")))
     proxy.drop_answers(b"EVALSHA", 0.1, seed=7)
     start_worker(
         REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0", IDENTIFY_BROKER_URL=queue_config.redis_url,

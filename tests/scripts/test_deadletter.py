@@ -103,6 +103,9 @@ def test_a_replay_run_again_neither_loses_nor_doubles(redis_client: redis.Redis,
     before = snapshot(redis_client, namespace)
     assert replay(redis_client, keys, [(f"{SHARD}-1", "invalid", a3)]) == [0, 0]
     assert snapshot(redis_client, namespace) == before
+    # and run again with the shard at its cap (counting what the first run moved), it is not a
+    # refusal: what is gone does not count against the cap
+    assert replay(redis_client, keys, [(f"{SHARD}-1", "invalid", a3)], cap=1) == [0, 0]
 
 
 def test_a_replay_past_the_cap_moves_nothing(redis_client: redis.Redis, keys: Keys, namespace: str) -> None:

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 import redis
 
+from producers.contract.connection import connect
+from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
-from producers.contract.scripts import Script
-from tests.support import listed, queue_entry, redis_ms, scored, snapshot, text_hash
+from producers.contract.scripts import Script, source
+from tests.support import AnswerDroppingProxy, listed, queue_entry, redis_ms, scored, snapshot, text_hash
+from worker.devtools.local_redis import LocalRedis
 from worker.dispatcher import MAX_WAIT_S, Dispatcher
 
 SHARDS = 4
@@ -196,3 +199,27 @@ def test_the_dispatcher_sweeps_every_shard_and_leaves_a_wake_up_alone(redis_clie
     assert set(woken) == {"0", "1", "2"}
     assert woken["0"] == 42 and now <= woken["1"] <= after and woken["2"] == now + 80_000
     assert listed(redis_client, keys.kick) == [b"1"]
+
+
+def test_marks_whose_answer_is_lost_leave_their_shards_due_again_at_once(
+    redis_client: redis.Redis, keys: Keys, redis_server: LocalRedis
+) -> None:
+    # Given two due shards, and a dispatcher whose client (the worker's: no call sent again) loses
+    # the answer to its marks after they ran
+    proxy = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
+    client = connect(f"redis://127.0.0.1:{proxy.port}/0", resend=False)
+    sent: list[int] = []
+    d = dispatcher(client, keys, sent)
+    client.script_load(source("worker", "dispatch_mark"))  # so the first call runs it
+    redis_client.zadd(keys.wakeups, {"1": 0, "3": 0})
+    proxy.drop_answer_to(Script(None, "worker", "dispatch_mark").sha.encode())
+    # When it dispatches: the marks fail
+    with pytest.raises(StoreError):
+        d.dispatch_due()
+    # Then no task went, and the shards are due again, unmarked: the next round sends both at once
+    assert proxy.dropped == 1 and sent == []
+    assert {s: int(at) for s, at in scored(redis_client, keys.wakeups)} == {"1": 0, "3": 0}
+    d.dispatch_due()
+    assert sorted(sent) == [1, 3]
+    client.close()
+    proxy.close()

@@ -411,7 +411,13 @@ class Drainer:
         return Pause(max(1, block.next_probe_in_ms), retry=False)
 
     def _resume(self) -> None:
-        blocked_ms = self.store.unblock()
+        # Between a request and its settlement nothing may raise: what was sent would not be
+        # counted against the budget (nor settled).  A block that stays is lifted by the next probe.
+        try:
+            blocked_ms = self.store.unblock()
+        except StoreError as exc:
+            log.warning("cannot lift the block on sending (%s); the next probe does", exc)
+            return
         if blocked_ms >= 0:
             log.warning("sending resumed after %.1f s blocked", blocked_ms / 1000)
 
