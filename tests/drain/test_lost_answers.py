@@ -85,3 +85,30 @@ def test_a_settle_whose_answer_is_lost_loses_no_record(
     settled(redis_client, keys)
     stats = text_hash(redis_client, k.stats)
     assert (stats["delivered"], stats["dead_lettered"]) == ("4", "1")
+
+
+def test_a_probe_whose_unblock_answer_is_lost_counts_and_settles_what_it_sent(
+    producer: IdentifyProducer, redis_client: redis.Redis, queue_config: QueueConfig, keys: Keys,
+    proxy: AnswerDroppingProxy,
+) -> None:  # fmt: skip
+    # Given sending blocked by an invalid key, the probe due, and the answer to the probe's
+    # unblock (sent between its request's 2xx and the settlement) lost after it ran
+    records = seq_records(3, 1)
+    producer.identify_many(records)
+    client = connect(f"redis://127.0.0.1:{proxy.port}/0", resend=False)
+    ShardStore(client, Keys(queue_config.namespace), 60).block(
+        "HTTP 400 Invalid API key: ***", "", 400, base_s=1, cap_s=8, jitter=0.5
+    )  # fmt: skip
+    redis_client.hset(keys.blocked, "next_probe_ms", 0)
+    assert redis_client.script_load(source("worker", "unblock")) == Script(None, "worker", "unblock").sha
+    proxy.drop_answer_to(Script(None, "worker", "unblock").sha.encode())
+    sink = ScriptedSink()
+    drainer(client, queue_config, sink, stop=lambda: False).drain(SHARD)
+    client.close()
+    # Then sending resumed, what was sent is settled, once, and counted against the budget
+    assert proxy.dropped == 1 and redis_client.exists(keys.blocked) == 0
+    assert sink.delivered() == records
+    settled(redis_client, keys)
+    counted = {u: n for key in redis_client.scan_iter(keys.shard(SHARD).budget(0)[:-1] + "*")
+               for u, n in text_hash(redis_client, key.decode()).items() if u != "#max"}  # fmt: skip
+    assert counted == {f"u:{r['user_id']}": "1" for r in records}
