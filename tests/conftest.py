@@ -18,7 +18,7 @@ from hypothesis import settings
 from producers.contract.keys import Keys
 from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
-from tests.support import SENTINEL_API_KEY, StartWorker, worker_env
+from tests.support import SENTINEL_API_KEY, AnswerDroppingProxy, StartWorker, worker_env
 from worker.devtools.local_redis import LocalRedis
 from worker.devtools.local_stack import LocalAmplitudeProcess, WorkerProcess
 
@@ -34,6 +34,14 @@ def redis_server() -> Iterator[LocalRedis]:
     server = LocalRedis().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def proxy(redis_server: LocalRedis) -> Iterator[AnswerDroppingProxy]:
+    """A loopback proxy in front of the session's redis-server that can lose answers (tests/support.py)."""
+    p = AnswerDroppingProxy(redis_server.port)
+    yield p
+    p.close()
 
 
 @pytest.fixture

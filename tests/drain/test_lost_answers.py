@@ -8,7 +8,7 @@ drain treats the lost answer as a Redis error, and what it claimed stays in flig
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -21,7 +21,6 @@ from producers.contract.settings import QueueConfig
 from producers.producer import IdentifyProducer
 from tests.drain.test_drainer import SHARD, settings, settled
 from tests.support import AnswerDroppingProxy, ScriptedSink, answer, dead_letters, seq_records, text_hash
-from worker.devtools.local_redis import LocalRedis
 from worker.drain.budget import BudgetStore
 from worker.drain.limiter import RateLimiter
 from worker.drain.loop import Drainer
@@ -29,13 +28,6 @@ from worker.drain.sink import HttpSink
 from worker.drain.store import ShardStore
 
 pytestmark = pytest.mark.shards(1)
-
-
-@pytest.fixture
-def proxy(redis_server: LocalRedis) -> Iterator[AnswerDroppingProxy]:
-    p = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
-    yield p
-    p.close()
 
 
 def drainer(client: redis.Redis, config: QueueConfig, sink: ScriptedSink, stop: Callable[[], bool]) -> Drainer:

@@ -31,7 +31,6 @@ from producers.importer.source import LineSource, describe_source
 from producers.producer import IdentifyProducer
 from tests.support import AnswerDroppingProxy
 from worker.cli.main import main
-from worker.devtools.local_redis import LocalRedis
 
 
 class Run:
@@ -470,7 +469,7 @@ def test_on_a_cluster_records_left_out_as_unchanged_by_a_part_written_before_the
 
 @pytest.mark.parametrize("script", ["import_take", "enqueue", "import_advance"])
 def test_a_chunk_or_a_progress_whose_answer_is_lost_is_enqueued_and_counted_once(
-    tmp_path: Path, queue_config: QueueConfig, redis_server: LocalRedis, queued: Any, script: str
+    tmp_path: Path, queue_config: QueueConfig, proxy: AnswerDroppingProxy, queued: Any, script: str
 ) -> None:  # fmt: skip
     # Given an import whose producer reaches Redis through a proxy that loses the answer to the
     # job's taking, the first chunk's enqueue or the job's first advance, after it ran (redis-py, a
@@ -479,7 +478,6 @@ def test_a_chunk_or_a_progress_whose_answer_is_lost_is_enqueued_and_counted_once
     # line recorded)
     path = tmp_path / "users.jsonl"
     path.write_bytes(jsonl(2500))
-    proxy = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
     config = dataclasses.replace(queue_config, redis_url=f"redis://127.0.0.1:{proxy.port}/0")
     with IdentifyProducer(config) as producer:
         sha = producer.client.script_load(source("producers", script))  # so the first call runs it
@@ -487,7 +485,6 @@ def test_a_chunk_or_a_progress_whose_answer_is_lost_is_enqueued_and_counted_once
         proxy.drop_answer_to(sha.encode())
         report = Importer(producer, ImportOptions(job="nightly", chunk_size=1000)).run(str(path))
         stored = JobStore(producer.client, producer.keys, config.shards).read("nightly")
-    proxy.close()
     # Then each line is queued once, and the job's record counts it once, as the report does
     assert proxy.dropped == 1
     assert (report.enqueued, len(queued())) == (2500, 2500)

@@ -5,10 +5,7 @@ is the whole worker (drains, dispatcher, leases, budget) meeting it at random.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from importlib.resources import files
-
-import pytest
 
 from producers.contract.scripts import source
 from producers.contract.settings import QueueConfig
@@ -22,15 +19,7 @@ from tests.support import (
     status,
     wait_until,
 )
-from worker.devtools.local_redis import LocalRedis
 from worker.devtools.local_stack import LocalAmplitudeProcess
-
-
-@pytest.fixture
-def proxy(redis_server: LocalRedis) -> Iterator[AnswerDroppingProxy]:
-    p = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
-    yield p
-    p.close()
 
 
 def test_a_worker_that_loses_a_tenth_of_its_scripts_answers_delivers_everything_once_in_order(

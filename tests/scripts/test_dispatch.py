@@ -15,7 +15,6 @@ from producers.contract.errors import StoreError
 from producers.contract.keys import Keys
 from producers.contract.scripts import Script, source
 from tests.support import AnswerDroppingProxy, listed, queue_entry, redis_ms, scored, snapshot, text_hash
-from worker.devtools.local_redis import LocalRedis
 from worker.dispatcher import MAX_WAIT_S, Dispatcher
 
 SHARDS = 4
@@ -202,11 +201,10 @@ def test_the_dispatcher_sweeps_every_shard_and_leaves_a_wake_up_alone(redis_clie
 
 
 def test_marks_whose_answer_is_lost_leave_their_shards_due_again_at_once(
-    redis_client: redis.Redis, keys: Keys, redis_server: LocalRedis
+    redis_client: redis.Redis, keys: Keys, proxy: AnswerDroppingProxy
 ) -> None:
     # Given two due shards, and a dispatcher whose client (the worker's: no call sent again) loses
     # the answer to its marks after they ran
-    proxy = AnswerDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
     client = connect(f"redis://127.0.0.1:{proxy.port}/0", resend=False)
     sent: list[int] = []
     d = dispatcher(client, keys, sent)
@@ -222,4 +220,3 @@ def test_marks_whose_answer_is_lost_leave_their_shards_due_again_at_once(
     d.dispatch_due()
     assert sorted(sent) == [1, 3]
     client.close()
-    proxy.close()
