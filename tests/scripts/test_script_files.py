@@ -38,7 +38,7 @@ def test_the_scripts_are_found() -> None:
     names = {p.stem for p in SCRIPTS}
     assert {"enqueue", "wake", "import_take", "import_withdraw", "import_claim", "import_advance", "drain_begin",
             "claim", "settle", "dispatch_mark", "dlq_replay", "rate_limit"} <= names  # fmt: skip
-    assert len(SCRIPTS) == 27 and [p.name for p in LIBRARIES] == ["budget_slot.lua", "waiting.lua"]
+    assert len(SCRIPTS) == 27 and [p.name for p in LIBRARIES] == ["waiting.lua"]
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)

@@ -71,21 +71,19 @@ class Work:
     #: Redis's clock at the claim: the budget reserves everything of a claim in the same slot (and
     #: moves what was sent to a later one if the claim ends there: ``Drainer._close_budget``).
     claimed_ms: int = 0
-    #: Budget reserved for this claim (per user, in the slot of ``claimed_ms``), and what was sent
-    #: and may have been applied (one item: one identification of its user): the difference is
-    #: refunded when the claim is closed.  The items are counted per user only when that is needed.
+    #: Budget reserved for this claim (slot key, per user), and what was sent and may have been
+    #: applied (one item: one identification of its user): the difference is refunded when the
+    #: claim is closed.  The items are counted per user only when that is needed (``budget_left``).
+    budget_slot: str = ""
     reserved: dict[str, int] = field(default_factory=dict)
     applied: list[Item] = field(default_factory=list)
     #: A merged item was split back: a user may now have more identifications than reserved.
     rebudget: bool = False
 
-    def applied_per_user(self) -> Counter[str]:
-        return Counter([item.entries[0].user_key for item in self.applied])
-
     def budget_left(self) -> dict[str, int]:
         if not self.applied:
             return dict(self.reserved)
-        applied = self.applied_per_user()
+        applied = Counter([item.entries[0].user_key for item in self.applied])
         return {u: n - applied.get(u, 0) for u, n in self.reserved.items()}
 
     def all_reserved_applied(self) -> bool:
@@ -330,7 +328,10 @@ class Drainer:
         missing = plan.shortfall(work.pending, work.budget_left())
         if not missing:
             return []
-        reservation = self.budget.reserve(self.store.keys.shard(shard), missing, work.claimed_ms, work.reserved)
+        keys = self.store.keys.shard(shard)
+        # named before the call: a call of several that fails midway leaves reserved what it must close
+        work.budget_slot = self.budget.slot_key(keys, work.claimed_ms)
+        reservation = self.budget.reserve(keys, missing, work.claimed_ms, work.reserved)
         limited = reservation.limited
         if not limited:
             return []
@@ -345,21 +346,20 @@ class Drainer:
     def _close_budget(self, shard: int, work: Work) -> None:
         """Give back the budget reserved for what was not sent, or surely not applied; and when the
         claim ended in a later slot than it reserved in, count what it sent in that slot."""
-        if self.budget is None or not work.reserved:
-            return  # ``reserved`` is filled as each reserve call returns, even if a later one fails
-        keys = self.store.keys.shard(shard)
-        reserved_in = self.budget.slot_key(keys, work.claimed_ms)
+        if self.budget is None or not work.reserved or not work.budget_slot:
+            return
         latest = self.clock.latest_ms()
         if latest // self.budget.slot_ms != work.claimed_ms // self.budget.slot_ms:
+            sent = Counter([item.entries[0].user_key for item in work.applied])
             # the claim's own slot bounds Redis's clock from below, even if that clock went back
             within = (work.claimed_ms, latest)
-            self.budget.move(keys, reserved_in, within, work.reserved, work.applied_per_user())
+            self.budget.move(self.store.keys.shard(shard), work.budget_slot, within, work.reserved, sent)
             return
         if work.all_reserved_applied():
             return  # the usual end of a claim: everything reserved was sent, in the slot it went in
         unused = {u: n for u, n in work.budget_left().items() if n > 0}
         if unused:
-            self.budget.refund(reserved_in, unused)
+            self.budget.refund(work.budget_slot, unused)
 
     def _send(self, shard: int, token: str, batch: list[Item], body: bytes) -> Outcome | None:
         """POST one batch; None if asked to stop while waiting for a turn under the rate limit."""

@@ -8,7 +8,6 @@
 --       ``first``: the worker's bounds on Redis's clock now (clamped to them).
 -- ARGV  slot ms, first, TTL ms, then triples (user key, reserved, sent).
 -- Reply 1 if what was sent moved, 0 if the claim ended in the slot it reserved in.
---! uses: budget_slot
 
 local t = redis.call('TIME')
 local slot = math.floor((tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) / tonumber(ARGV[1]))
@@ -20,14 +19,19 @@ local any = false
 for i = 4, #ARGV, 3 do
   local user, sent = ARGV[i], tonumber(ARGV[i + 2])
   local back = tonumber(ARGV[i + 1]) - (moved and 0 or sent)
-  if back ~= 0 then budget_slot.give_back(KEYS[1], user, back) end
+  if back ~= 0 and redis.call('HINCRBY', KEYS[1], user, -back) <= 0 then
+    redis.call('HDEL', KEYS[1], user)
+  end
   if moved and sent > 0 then
     local value = redis.call('HINCRBY', to, user, sent)
     if value > high then high = value end
     any = true
   end
 end
-budget_slot.drop_if_mark_only(KEYS[1])
+-- a slot left with its mark only counts nobody: without it, the marks stay low
+if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], '#max') == 1 then
+  redis.call('DEL', KEYS[1])
+end
 if any then
   redis.call('HSET', to, '#max', high)
   redis.call('PEXPIRE', to, ttl)
